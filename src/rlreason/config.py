@@ -1,0 +1,255 @@
+"""Typed config schema, registered with Hydra's ConfigStore.
+
+The YAML files under ``conf/`` fill these dataclasses, so an unknown key or a wrong type fails
+at composition with the field's name. ``validate`` adds the checks that span several fields.
+Every field is documented in its YAML file (the configs are the documentation of every knob).
+
+The ``debug`` resolver: ``${debug:300,4}`` reads 300 normally and 4 under ``debug=true``. A
+command-line override of the field still wins, because it replaces the interpolation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from rlreason.errors import ConfigError
+
+
+def _debug_resolver(normal: Any, debug_value: Any, *, _root_: DictConfig) -> Any:
+    return debug_value if _root_.get("debug", False) else normal
+
+
+if not OmegaConf.has_resolver("debug"):
+    OmegaConf.register_new_resolver("debug", _debug_resolver)
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = MISSING
+    rl: bool = True
+    preemptive_sampling: bool = True
+    generation_batch_size: Optional[int] = None
+    ppo_epochs: int = 1
+    mini_batch_size: Optional[int] = None
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    scale_advantages_by_std: bool = True
+    advantage_eps: float = 1e-4
+
+
+@dataclass
+class KLConfig:
+    name: str = MISSING
+    beta: float = 0.0
+
+
+@dataclass
+class FilterConfig:
+    name: str = MISSING
+    enabled: bool = False
+    threshold: float = 0.1
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    seed: int = 0
+    n_test: Optional[int] = None
+    # embedded arithmetic task
+    digits: int = 4
+    n_test_problems: int = 256
+    teacher_carry_noise: float = 0.6
+    # real benchmarks (datasets from the hub or local JSONL files)
+    dataset: Optional[str] = None
+    dataset_config: Optional[str] = None
+    train_split: Optional[str] = "train"
+    test_split: str = "test"
+    data_files: Optional[dict[str, str]] = None
+    prompt_template: str = "{problem}"
+    chat_template: bool = False
+    verify_timeout_s: float = 5.0
+
+
+@dataclass
+class WarmStartConfig:
+    enabled: bool = True
+    steps: int = 400
+    batch_size: int = 64
+    lr: float = 1e-3
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    name_or_path: Optional[str] = None
+    dtype: str = "float32"
+    gradient_checkpointing: bool = False
+    attn_implementation: Optional[str] = "sdpa"
+    # built from config (name_or_path null)
+    hidden_size: int = 192
+    intermediate_size: int = 512
+    num_hidden_layers: int = 3
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 4
+    max_position_embeddings: int = 128
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+
+
+@dataclass
+class SamplerConfig:
+    name: str = MISSING
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    # vLLM only
+    gpu_memory_utilization: float = 0.3
+    enable_sleep_mode: bool = False
+    cpu_kvcache_space_gib: int = 2
+
+
+@dataclass
+class LoggerConfig:
+    name: str = MISSING
+    wandb: bool = False
+    project: str = "rlreason"
+    entity: Optional[str] = None
+    mode: str = "auto"
+    log_completions: int = 8
+    progress: bool = True
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 150
+    prompts_per_step: int = 16
+    group_size: int = 8
+    micro_batch_size: int = 8
+    max_nonfinite_steps: int = 5
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class SFTConfig:
+    source: str = "teacher"
+
+
+@dataclass
+class EvalConfig:
+    every: int = 25
+    at_start: bool = True
+    greedy: bool = True
+    sampled: bool = True
+    batch_size: int = 256
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0
+    keep: int = 2
+    save_final: bool = True
+
+
+@dataclass
+class Config:
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    kl: KLConfig = field(default_factory=KLConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    seed: int = 0
+    debug: bool = False
+    threads: int = 0
+    cache_dir: str = ".cache/rlreason"
+    resume: bool = False
+    tags: list[str] = field(default_factory=list)
+
+
+def register_configs() -> None:
+    """Make the schema the base of ``conf/config.yaml`` (its defaults list names ``schema``)."""
+    ConfigStore.instance().store(name="schema", node=Config)
+
+
+register_configs()
+
+DTYPES = ("float32", "bfloat16", "float16")
+SCHEDULES = ("constant", "linear", "cosine")
+LOGGER_MODES = ("auto", "online", "offline", "disabled")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks that span several fields. Raises ConfigError with one line naming the fields."""
+    a, t, o = cfg.algorithm, cfg.trainer, cfg.optim
+    rows = t.prompts_per_step * t.group_size
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    need(t.steps >= 0, f"trainer.steps={t.steps} must be >= 0")
+    need(t.prompts_per_step >= 1, f"trainer.prompts_per_step={t.prompts_per_step} must be >= 1")
+    need(t.group_size >= 1, f"trainer.group_size={t.group_size} must be >= 1")
+    need(t.micro_batch_size >= 1, f"trainer.micro_batch_size={t.micro_batch_size} must be >= 1")
+    need(
+        t.micro_batch_size <= rows,
+        f"trainer.micro_batch_size={t.micro_batch_size} is larger than the batch "
+        f"(prompts_per_step*group_size={rows})",
+    )
+    need(o.lr > 0, f"optim.lr={o.lr} must be > 0")
+    need(o.schedule in SCHEDULES, f"optim.schedule={o.schedule!r} must be one of {', '.join(SCHEDULES)}")
+    need(o.max_grad_norm > 0, f"optim.max_grad_norm={o.max_grad_norm} must be > 0")
+    need(cfg.model.dtype in DTYPES, f"model.dtype={cfg.model.dtype!r} must be one of {', '.join(DTYPES)}")
+    need(cfg.logger.mode in LOGGER_MODES, f"logger.mode={cfg.logger.mode!r} must be one of {', '.join(LOGGER_MODES)}")
+    need(cfg.kl.beta >= 0, f"kl.beta={cfg.kl.beta} must be >= 0")
+    need(cfg.filter.threshold >= 0, f"filter.threshold={cfg.filter.threshold} must be >= 0")
+    need(cfg.sampler.temperature > 0, f"sampler.temperature={cfg.sampler.temperature} must be > 0")
+    need(cfg.sampler.max_new_tokens >= 1, f"sampler.max_new_tokens={cfg.sampler.max_new_tokens} must be >= 1")
+    if not a.rl:
+        return
+    need(
+        t.group_size >= 2,
+        f"trainer.group_size={t.group_size}: {a.name} needs at least 2 samples per prompt "
+        "(the advantage is the reward minus its group mean)",
+    )
+    need(a.ppo_epochs >= 1, f"algorithm.ppo_epochs={a.ppo_epochs} must be >= 1")
+    need(0 <= a.clip_eps_low < 1, f"algorithm.clip_eps_low={a.clip_eps_low} must be in [0, 1)")
+    need(a.clip_eps_high >= 0, f"algorithm.clip_eps_high={a.clip_eps_high} must be >= 0")
+    if a.generation_batch_size is not None:
+        need(a.generation_batch_size >= 1, f"algorithm.generation_batch_size={a.generation_batch_size} must be >= 1")
+    if a.mini_batch_size is not None:
+        need(
+            1 <= a.mini_batch_size <= rows,
+            f"algorithm.mini_batch_size={a.mini_batch_size} must be between 1 and the batch ({rows} rows)",
+        )
+    if not a.preemptive_sampling:
+        need(
+            t.micro_batch_size % t.group_size == 0,
+            f"trainer.micro_batch_size={t.micro_batch_size} must be a multiple of trainer.group_size="
+            f"{t.group_size} when sampling per micro-batch (advantages need whole groups)",
+        )
+        need(
+            a.ppo_epochs == 1 and a.mini_batch_size is None,
+            "algorithm.ppo_epochs and algorithm.mini_batch_size need algorithm.preemptive_sampling=true "
+            "(several updates reuse one sampled batch)",
+        )

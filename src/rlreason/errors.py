@@ -1,0 +1,21 @@
+"""Errors a user can fix. train.py prints them as one line instead of a traceback."""
+
+
+class UserError(Exception):
+    """Bad input: a config value, a data file, a model path. The message names the problem."""
+
+
+class ConfigError(UserError):
+    """A config value that is unknown, mistyped or impossible in combination with another."""
+
+
+class DataError(UserError):
+    """A data file that is missing, empty or has a malformed row (the message names file and line)."""
+
+
+class ModelError(UserError):
+    """A model path or hub id that cannot be loaded."""
+
+
+class TrainingDiverged(UserError):
+    """Too many non-finite losses or gradients in a row; the last good checkpoint is kept."""
