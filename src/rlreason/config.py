@@ -59,6 +59,7 @@ class TaskConfig:
     name: str = MISSING
     seed: int = 0
     n_test: Optional[int] = None
+    max_completion_tokens: int = 64
     # embedded arithmetic task
     digits: int = 4
     n_test_problems: int = 256

@@ -1,0 +1,43 @@
+# rlreason: `make train` and `make test` set everything up on a fresh machine.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.installed
+# The torch requirement. CPU machines get the CPU build pinned (no CUDA download); with an NVIDIA
+# GPU (nvidia-smi on PATH) the registry's CUDA build. Override: make install TORCH='torch==2.8.0'.
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
+TORCH ?= $(if $(HAS_GPU),torch,torch==2.13.0)
+# Drop pip's noise about local mirrors; errors still show and still fail the target.
+QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
+# Extra arguments for train.py / pytest, e.g. make train ARGS="algorithm=grpo kl=on".
+ARGS ?=
+PYTEST_ARGS ?=
+
+help: ## List the targets.
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@echo "setting up $(VENV) (torch: $(TORCH))"
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PIP) install -q "$(TORCH)" 2>&1 | $(QUIET_PIP)
+	@$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints.txt
+	@$(PIP) install -q -c $(VENV)/constraints.txt -e '.[dev]' 2>&1 | $(QUIET_PIP)
+	@$(PY) -c "import torch, transformers, hydra, wandb; print('installed: torch', torch.__version__, '| transformers', transformers.__version__)"
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install rlreason with its dev tools (CPU torch unless a GPU is found).
+
+train: $(STAMP) ## Train the embedded default (DASH, KL off, filtering on) on the CPU; ARGS=... for overrides.
+	$(PY) train.py $(ARGS)
+
+test: $(STAMP) ## Run the test suite (a few minutes on 2 cores).
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean: ## Remove run outputs (keeps .venv and the cached base models).
+	rm -rf outputs multirun wandb
+
+.PHONY: help install train test clean

@@ -1,0 +1,75 @@
+"""Checkpoints: the policy (``save_pretrained``) plus everything needed to resume exactly.
+
+Each checkpoint is written to a temporary folder and renamed into place, so a crash or a full
+disk mid-write never leaves a half checkpoint where a complete one is expected: the previous
+checkpoint stays valid. Only the newest ``keep`` are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.pt"
+DONE_MARK = "COMPLETE"
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step-{step:07d}"
+
+
+def rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def save_checkpoint(run_dir: Path, step: int, policy: Any, tokenizer: Any, trainer_state: dict[str, Any], keep: int) -> Path:
+    """Write step ``step`` atomically, then prune to the newest ``keep`` complete checkpoints."""
+    target = checkpoint_dir(run_dir, step)
+    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        policy.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        torch.save(trainer_state, tmp / STATE_FILE)
+        (tmp / DONE_MARK).write_text(str(step))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.exists():
+        return []
+    return sorted(p for p in root.glob("step-*") if (p / DONE_MARK).exists())
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def load_trainer_state(path: Path) -> dict[str, Any]:
+    return torch.load(Path(path) / STATE_FILE, weights_only=False)

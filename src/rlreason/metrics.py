@@ -1,0 +1,137 @@
+"""The one metrics writer: every row goes to ``metrics.jsonl`` and, when enabled, to W&B.
+
+Metric names are stable and namespaced (``reward/mean``, ``time/sampling_s``, ``eval/greedy_acc``)
+so dashboards and the analysis notebooks can rely on them. W&B never blocks a run: with no
+credentials it runs offline (and says how to sync), and if it cannot start at all training goes
+on with the local files and one warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+def run_group(cfg: DictConfig) -> str:
+    """The W&B group, from the ablation axes: one group per arm, seeds inside it."""
+    return f"{cfg.algorithm.name}-kl_{cfg.kl.name}-filter_{cfg.filter.name}"
+
+
+def run_tags(cfg: DictConfig) -> list[str]:
+    return [
+        f"algorithm:{cfg.algorithm.name}",
+        f"kl:{cfg.kl.name}",
+        f"filter:{cfg.filter.name}",
+        f"task:{cfg.task.name}",
+        f"model:{cfg.model.name}",
+        *cfg.tags,
+    ]
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe numbers: NaN and infinities become null instead of invalid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsWriter:
+    """Writes each metrics row once to every sink."""
+
+    def __init__(self, run_dir: Path, cfg: DictConfig, wandb_run_id: str | None = None):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / METRICS_FILE
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", buffering=1)
+        self.wandb_run = self._start_wandb(cfg, wandb_run_id) if cfg.logger.wandb else None
+
+    @property
+    def wandb_run_id(self) -> str | None:
+        return None if self.wandb_run is None else self.wandb_run.id
+
+    def _start_wandb(self, cfg: DictConfig, run_id: str | None) -> Any:
+        from rlreason.wandb_history import credentials_available
+
+        mode = os.environ.get("WANDB_MODE") or cfg.logger.mode
+        if mode == "auto":
+            mode = "online" if credentials_available() else "offline"
+        if mode == "disabled":
+            return None
+        try:
+            import wandb
+
+            run = wandb.init(
+                project=cfg.logger.project,
+                entity=cfg.logger.entity,
+                group=run_group(cfg),
+                tags=run_tags(cfg),
+                config=OmegaConf.to_container(cfg, resolve=True),
+                dir=str(self.run_dir),
+                mode=mode,
+                id=run_id,
+                resume="allow" if run_id else None,
+                settings=wandb.Settings(silent=True, init_timeout=60),
+            )
+        except Exception as exc:  # W&B unreachable or refusing the key: keep training on local logs
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            log.warning("W&B could not start (%s); logging to %s only", first, self.path)
+            return None
+        if mode == "offline":
+            log.info("W&B is offline (no credentials): sync later with `wandb sync %s`", Path(run.dir).parent)
+        return run
+
+    def log(self, kind: str, step: int, metrics: dict[str, Any]) -> None:
+        """One row: ``kind`` is train or eval; ``step`` the optimizer step it was taken after."""
+        row = {"kind": kind, "step": step, **{k: _clean(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(row) + "\n")
+        if self.wandb_run is not None:
+            self.wandb_run.log(metrics, step=step)
+
+    def log_completions(self, step: int, rows: list[tuple[str, str, float]]) -> None:
+        """A small table of sampled completions (prompt, completion, reward), to W&B only."""
+        if self.wandb_run is None or not rows:
+            return
+        import wandb
+
+        table = wandb.Table(columns=["step", "prompt", "completion", "reward"], data=[[step, *r] for r in rows])
+        self.wandb_run.log({"eval/completions": table}, step=step)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        (self.run_dir / SUMMARY_FILE).write_text(json.dumps({k: _clean(v) for k, v in summary.items()}, indent=2))
+        self.close(summary)
+
+    def close(self, summary: dict[str, Any] | None = None) -> None:
+        if not self._file.closed:
+            self._file.close()
+        if self.wandb_run is not None:
+            if summary:
+                for key, value in summary.items():
+                    if isinstance(value, (int, float, str)):
+                        self.wandb_run.summary[key] = value
+            self.wandb_run.finish(exit_code=0 if summary and summary.get("status") == "completed" else 1)
+            self.wandb_run = None
+
+
+def read_metrics(run_dir: Path | str, kind: str | None = None) -> list[dict[str, Any]]:
+    """The rows of a run's ``metrics.jsonl`` (optionally one kind); a torn last line is skipped."""
+    rows = []
+    path = Path(run_dir) / METRICS_FILE
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if kind is None or row.get("kind") == kind:
+            rows.append(row)
+    return rows

@@ -1,0 +1,204 @@
+"""Policy and reference models: hub ids, local directories, or the embedded tiny model.
+
+The embedded model is a standard Qwen2 built from a config, with a character-level tokenizer
+built locally, saved and loaded with ``save_pretrained``/``from_pretrained`` like any hub model.
+Its warm start (a short pretraining on the teacher's noisy worked solutions, which gives the
+base model partial skill) is built on first use and cached under ``cache_dir`` keyed by every
+setting that changes it, so later runs and sweep jobs reuse it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from rlreason.batching import make_batch, token_logprobs
+from rlreason.errors import ConfigError, ModelError
+from rlreason.rl import policy_loss
+from rlreason.tasks.base import Task
+
+log = logging.getLogger(__name__)
+
+PAD, EOS = "<pad>", "<eos>"
+# Bump when the warm-start recipe changes, so stale cached base models are not reused.
+WARM_START_VERSION = 1
+# Warm-start data comes from this far into the train stream, apart from what RL trains on.
+WARM_START_DATA_OFFSET = 10_000_000
+
+
+def build_char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
+    """One token per character, plus pad and end-of-sequence; left padding for generation."""
+    vocab = {PAD: 0, EOS: 1, **{ch: i + 2 for i, ch in enumerate(alphabet)}}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=PAD))
+    core.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS, padding_side="left")
+
+
+def build_tiny_model(model_cfg: Any, tokenizer: PreTrainedTokenizerFast, seed: int) -> Qwen2ForCausalLM:
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=model_cfg.hidden_size,
+        intermediate_size=model_cfg.intermediate_size,
+        num_hidden_layers=model_cfg.num_hidden_layers,
+        num_attention_heads=model_cfg.num_attention_heads,
+        num_key_value_heads=model_cfg.num_key_value_heads,
+        max_position_embeddings=model_cfg.max_position_embeddings,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    return Qwen2ForCausalLM(config)
+
+
+def load_model(path: str, model_cfg: Any) -> Any:
+    """A causal LM from a hub id or directory; one clear line if it cannot be loaded."""
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=getattr(torch, model_cfg.dtype), attn_implementation=model_cfg.attn_implementation
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load model {path!r}: {first_line(exc)}") from None
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def load_tokenizer(path: str) -> Any:
+    try:
+        if (Path(path) / "rlreason_base.json").exists():  # the embedded tokenizer: keep its class
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+        else:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load tokenizer of {path!r}: {first_line(exc)}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def base_model_path(cfg: Any, task: Task) -> str:
+    """Where the base model lives: the configured path, or the cached embedded warm start."""
+    if cfg.model.name_or_path:
+        path = os.path.expanduser(str(cfg.model.name_or_path))
+        looks_local = path.startswith((".", "/")) or path.count("/") != 1
+        if looks_local and not Path(path).exists():
+            raise ModelError(f"model path {path!r} does not exist")
+        return path
+    if task.name != "arithmetic":
+        raise ConfigError(f"model={cfg.model.name} is built for task=arithmetic; set model.name_or_path for task={task.name}")
+    return str(ensure_warm_start(cfg, task))
+
+
+def warm_start_key(cfg: Any) -> dict[str, Any]:
+    m, t, w = cfg.model, cfg.task, cfg.model.warm_start
+    return {
+        "version": WARM_START_VERSION,
+        "model": {k: m[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                    "num_key_value_heads", "max_position_embeddings")},
+        "task": {k: t[k] for k in ("name", "digits", "seed", "teacher_carry_noise")},
+        "warm_start": {k: w[k] for k in ("enabled", "steps", "batch_size", "lr")},
+        "seed": cfg.seed,
+    }
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Sweep jobs running in parallel build the same base model once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_warm_start(cfg: Any, task: Task) -> Path:
+    """The cached base model for this config, built (atomically, under a lock) if missing."""
+    key = warm_start_key(cfg)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    cache = Path(cfg.cache_dir).expanduser()
+    target = cache / f"base-{digest}"
+    with _file_lock(cache / f"base-{digest}.lock"):
+        if (target / "rlreason_base.json").exists():
+            return target
+        from rlreason.tasks.arithmetic import ALPHABET
+
+        tokenizer = build_char_tokenizer(ALPHABET)
+        model = build_tiny_model(cfg.model, tokenizer, cfg.seed)
+        n_params = sum(p.numel() for p in model.parameters())
+        log.info("building the base model (%.2fM params, %d warm-start steps), cached in %s", n_params / 1e6,
+                 cfg.model.warm_start.steps if cfg.model.warm_start.enabled else 0, target)
+        if cfg.model.warm_start.enabled:
+            warm_start(model, tokenizer, task, cfg.model.warm_start, cfg.seed)
+        tmp = cache / f".tmp-base-{digest}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "rlreason_base.json").write_text(json.dumps(key, indent=2))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    return target
+
+
+def warm_start(model: Any, tokenizer: Any, task: Task, ws_cfg: Any, seed: int) -> None:
+    """SFT on the teacher's noisy worked solutions: partial skill, as a real base model has."""
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=ws_cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / max(1, ws_cfg.steps))
+    model.train()
+    for step in range(ws_cfg.steps):
+        examples = task.train_batch(WARM_START_DATA_OFFSET + step * ws_cfg.batch_size, ws_cfg.batch_size)
+        prompts = [tokenizer(e.prompt, add_special_tokens=False)["input_ids"] for e in examples]
+        targets = [tokenizer(task.sft_target(e, "teacher"), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                   for e in examples]
+        batch = make_batch(prompts, targets, tokenizer.pad_token_id)
+        logp, _ = token_logprobs(model, batch)
+        loss, _ = policy_loss(logp, batch.completion_mask, torch.ones(len(examples)), denominator=len(examples))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if (step + 1) % max(1, ws_cfg.steps // 4) == 0:
+            nll = float(-(logp.detach() * batch.completion_mask).sum() / batch.completion_mask.sum())
+            log.info("warm start %d/%d: token nll %.3f", step + 1, ws_cfg.steps, nll)
+
+
+def load_policy(cfg: Any, task: Task) -> tuple[Any, Any, str]:
+    """(policy, tokenizer, base path); the policy trains, the tokenizer pads on the left."""
+    path = base_model_path(cfg, task)
+    tokenizer = load_tokenizer(path)
+    model = load_model(path, cfg.model)
+    model.train()
+    return model, tokenizer, path
+
+
+def load_reference(path: str, model_cfg: Any) -> Any:
+    """A frozen copy of the base model, for the KL penalty (loaded only when kl.beta > 0)."""
+    model = load_model(path, model_cfg)
+    model.eval()
+    model.requires_grad_(False)
+    return model

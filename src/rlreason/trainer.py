@@ -1,0 +1,498 @@
+"""One training loop for every arm; the arms differ only in config.
+
+Per step (RL): sample G completions per prompt, score them with the task's verifier, compute
+group advantages, drop rows the gradient filter rejects (before any forward pass), then update
+the policy in micro-batches. ``algorithm.preemptive_sampling`` decides whether one generation
+call covers the whole step (DASH, PPO) or each micro-batch is sampled and back-propagated in
+turn (the standard GRPO the paper measures against). PPO adds off-policy passes over the same
+batch (``ppo_epochs`` and ``mini_batch_size``) with a clipped ratio. SFT is the same update with
+advantage 1 on reference solutions or teacher demonstrations.
+
+A "step" is one sampled batch of ``prompts_per_step`` prompts; PPO makes several optimizer
+updates per step (counted in ``train/optimizer_steps``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from rlreason.batching import make_batch, token_logprobs
+from rlreason.checkpoint import latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
+from rlreason.errors import TrainingDiverged
+from rlreason.metrics import MetricsWriter, read_metrics
+from rlreason.modeling import load_policy, load_reference, load_tokenizer
+from rlreason.progress import Progress
+from rlreason.rl import LossStats, gradient_filter, group_advantages, policy_loss, zero_std_groups
+from rlreason.sampling import Completions, build_sampler
+from rlreason.tasks import Example, build_task
+
+log = logging.getLogger(__name__)
+
+
+class PhaseTimer:
+    """Wall-clock seconds per phase of a step (sampling, reference, forward_backward, ...)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+
+@dataclass
+class UpdateRows:
+    """Rows to back-propagate: token ids, advantages, and cached old/reference log-probs."""
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    advantages: torch.Tensor
+    old_logp: list[torch.Tensor] | None = None
+    ref_logp: list[torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+    def subset(self, rows: list[int]) -> "UpdateRows":
+        return UpdateRows(
+            prompt_ids=[self.prompt_ids[i] for i in rows],
+            completion_ids=[self.completion_ids[i] for i in rows],
+            advantages=self.advantages[rows],
+            old_logp=None if self.old_logp is None else [self.old_logp[i] for i in rows],
+            ref_logp=None if self.ref_logp is None else [self.ref_logp[i] for i in rows],
+        )
+
+
+@dataclass
+class Rollout:
+    """A sampled, scored and filtered batch, laid out group by group."""
+
+    completions: Completions
+    rewards: torch.Tensor
+    advantages: torch.Tensor
+    keep: torch.Tensor
+    zero_std_groups: int
+
+    def rows(self, indices: list[int] | None = None) -> UpdateRows:
+        """The kept rows among ``indices`` (all rows if None)."""
+        indices = range(len(self.rewards)) if indices is None else indices
+        kept = [i for i in indices if bool(self.keep[i])]
+        return UpdateRows(
+            prompt_ids=[self.completions.prompt_ids[i] for i in kept],
+            completion_ids=[self.completions.completion_ids[i] for i in kept],
+            advantages=self.advantages[kept],
+        )
+
+
+@dataclass
+class StepTotals:
+    """Sums over a step's micro-batches, turned into means once at the end."""
+
+    loss: float = 0.0
+    logp_sum: float = 0.0
+    entropy_sum: float = 0.0
+    train_tokens: int = 0
+    stats: LossStats = field(default_factory=LossStats)
+    grad_norms: list[float] = field(default_factory=list)
+    optimizer_steps: int = 0
+    skipped_steps: int = 0
+
+
+def _pad_rows(rows: list[torch.Tensor], length: int) -> torch.Tensor:
+    out = torch.zeros(len(rows), length)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Trainer:
+    """Builds everything from a resolved config and runs the loop; writes into ``run_dir``."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        hub_tokenizer = load_tokenizer(cfg.model.name_or_path) if cfg.model.name_or_path else None
+        self.task = build_task(cfg.task, tokenizer=hub_tokenizer)
+        self.policy, self.tokenizer, self.base_path = load_policy(cfg, self.task)
+        self.device = next(self.policy.parameters()).device
+        a = cfg.algorithm
+        self.reference = load_reference(self.base_path, cfg.model) if a.rl and cfg.kl.beta > 0 else None
+        self.sampler = build_sampler(cfg.sampler, self.policy, self.tokenizer)
+        self.optimizer = torch.optim.AdamW(
+            self.policy.parameters(),
+            lr=cfg.optim.lr,
+            betas=(cfg.optim.beta1, cfg.optim.beta2),
+            weight_decay=cfg.optim.weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.step = 0
+        self.data_position = 0
+        self.nonfinite_in_row = 0
+        self.train_seconds = 0.0
+        self.phase_totals: dict[str, float] = defaultdict(float)
+        wandb_id = self._restore() if cfg.resume else None
+        self.writer = MetricsWriter(self.run_dir, cfg, wandb_run_id=wandb_id)
+        OmegaConf.save(cfg, self.run_dir / "config.yaml", resolve=True)
+
+    # ---------------------------------------------------------------- schedule
+    @property
+    def rows_per_step(self) -> int:
+        """Sequences per step: prompts x group size (SFT takes as many reference rows, so every arm
+        back-propagates the same number of sequences per step)."""
+        return self.cfg.trainer.prompts_per_step * self.cfg.trainer.group_size
+
+    @property
+    def updates_per_step(self) -> int:
+        a = self.cfg.algorithm
+        if not a.rl:
+            return 1
+        return a.ppo_epochs * math.ceil(self.rows_per_step / (a.mini_batch_size or self.rows_per_step))
+
+    @property
+    def off_policy(self) -> bool:
+        """Several updates reuse one sampled batch, so the ratio needs the sampling policy's log-probs."""
+        return self.updates_per_step > 1
+
+    def _lr_factor(self, update: int) -> float:
+        o = self.cfg.optim
+        total = max(1, self.cfg.trainer.steps * self.updates_per_step)
+        if o.warmup_steps and update < o.warmup_steps:
+            return (update + 1) / o.warmup_steps
+        progress = min(1.0, (update - o.warmup_steps) / max(1, total - o.warmup_steps))
+        if o.schedule == "linear":
+            return 1.0 - progress
+        if o.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    # ---------------------------------------------------------------- the loop
+    def fit(self) -> dict[str, Any]:
+        """Train for ``trainer.steps`` steps with evaluations; returns (and writes) the summary."""
+        cfg = self.cfg
+        start = time.perf_counter()
+        evals: dict[int, dict[str, float]] = {}
+        status = "failed"
+        try:
+            if cfg.eval.at_start and self.step == 0:
+                evals[0] = self.evaluate(0)
+            with Progress(cfg.trainer.steps, enabled=cfg.logger.progress, start=self.step) as bar:
+                while self.step < cfg.trainer.steps:
+                    metrics = self.train_step()
+                    self.writer.log("train", self.step, metrics)
+                    bar.update(self.step, metrics)
+                    last = self.step == cfg.trainer.steps
+                    if (cfg.eval.every and self.step % cfg.eval.every == 0) or last:
+                        evals[self.step] = self.evaluate(self.step)
+                        bar.note(self.step, evals[self.step])
+                    if (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0) or (last and cfg.checkpoint.save_final):
+                        self.save()
+            status = "completed"
+        finally:
+            summary = self.summary(status, evals, time.perf_counter() - start)
+            self.writer.finish(summary)
+            self.sampler.close()
+        return summary
+
+    def train_step(self) -> dict[str, float]:
+        timer, totals = PhaseTimer(), StepTotals()
+        step_start = time.perf_counter()
+        metrics = self._rl_step(timer, totals) if self.cfg.algorithm.rl else self._sft_step(timer, totals)
+        self.step += 1
+        elapsed = time.perf_counter() - step_start
+        self.train_seconds += elapsed
+        for name, seconds in timer.seconds.items():
+            self.phase_totals[name] += seconds
+        tokens = max(1.0, totals.stats.tokens)
+        metrics.update({
+            "train/loss": totals.loss,
+            "train/nll": -totals.logp_sum / tokens,
+            "train/entropy": totals.entropy_sum / tokens,
+            "train/kl": totals.stats.kl_sum / tokens,
+            "train/clip_frac": totals.stats.clipped_tokens / tokens,
+            "train/grad_norm": sum(totals.grad_norms) / max(1, len(totals.grad_norms)),
+            "train/lr": self.scheduler.get_last_lr()[0],
+            "train/optimizer_steps": totals.optimizer_steps,
+            "train/skipped_steps": totals.skipped_steps,
+            "time/step_s": elapsed,
+            "time/train_elapsed_s": self.train_seconds,
+            "throughput/train_tok_s": totals.train_tokens / max(1e-9, timer.seconds["forward_backward"]),
+        })
+        for name in ("sampling", "scoring", "reference", "forward_backward", "optimizer"):
+            metrics[f"time/{name}_s"] = timer.seconds.get(name, 0.0)
+        return metrics
+
+    def _sft_step(self, timer: PhaseTimer, totals: StepTotals) -> dict[str, float]:
+        examples = self.task.train_batch(self.data_position, self.rows_per_step)
+        self.data_position += len(examples)
+        source = self.cfg.sft.source
+        rows = UpdateRows(
+            prompt_ids=[self._encode(e.prompt) for e in examples],
+            completion_ids=[self._encode(self.task.sft_target(e, source)) + [self.tokenizer.eos_token_id] for e in examples],
+            advantages=torch.ones(len(examples)),
+        )
+        self.accumulate_gradients(rows, len(examples), timer, totals)
+        self.optimizer_step(timer, totals)
+        return {"completions/mean_length": sum(len(c) for c in rows.completion_ids) / len(rows)}
+
+    def _rl_step(self, timer: PhaseTimer, totals: StepTotals) -> dict[str, float]:
+        cfg, a = self.cfg, self.cfg.algorithm
+        examples = self.task.train_batch(self.data_position, cfg.trainer.prompts_per_step)
+        self.data_position += len(examples)
+        rollouts: list[Rollout] = []
+        if a.preemptive_sampling:
+            # DASH: one generation call for every sample of the step, then small backprop micro-batches.
+            rollout = self.sample_and_score(examples, timer, a.generation_batch_size)
+            rollouts.append(rollout)
+            self.update(rollout, timer, totals)
+        else:
+            # Standard GRPO: generation batch = backprop batch; weights change only at the step's end.
+            per_chunk = cfg.trainer.micro_batch_size // cfg.trainer.group_size
+            for chunk in _chunks(examples, per_chunk):
+                rollout = self.sample_and_score(chunk, timer, None)
+                rollouts.append(rollout)
+                rows = rollout.rows()
+                self.attach_logprobs(rows, timer, need_old=False)
+                self.accumulate_gradients(rows, self.rows_per_step, timer, totals)
+            self.optimizer_step(timer, totals)
+        return self.rollout_metrics(rollouts, timer)
+
+    # ---------------------------------------------------------------- the paper's steps
+    def sample_and_score(self, examples: list[Example], timer: PhaseTimer, generation_batch_size: int | None) -> Rollout:
+        """Sample G completions per prompt, reward them, compute advantages and the filter."""
+        g, a = self.cfg.trainer.group_size, self.cfg.algorithm
+        with timer.phase("sampling"):
+            completions = self.sampler.generate([e.prompt for e in examples], n=g, batch_size=generation_batch_size)
+        with timer.phase("scoring"):
+            rewards = torch.tensor([self.task.score(text, examples[i // g]) for i, text in enumerate(completions.texts)])
+        advantages = group_advantages(rewards, g, a.scale_advantages_by_std, a.advantage_eps)
+        keep = gradient_filter(advantages, self.cfg.filter.enabled, self.cfg.filter.threshold)
+        return Rollout(completions, rewards, advantages, keep, int(zero_std_groups(rewards, g).sum()))
+
+    def update(self, rollout: Rollout, timer: PhaseTimer, totals: StepTotals) -> None:
+        """On-policy: one update over the whole batch. PPO: ``ppo_epochs`` passes of mini-batches."""
+        a = self.cfg.algorithm
+        all_rows = rollout.rows()
+        self.attach_logprobs(all_rows, timer, need_old=self.off_policy)
+        if not self.off_policy:
+            self.accumulate_gradients(all_rows, self.rows_per_step, timer, totals)
+            self.optimizer_step(timer, totals)
+            return
+        kept_index = {row: i for i, row in enumerate(i for i in range(len(rollout.rewards)) if bool(rollout.keep[i]))}
+        mini = a.mini_batch_size or self.rows_per_step
+        generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
+        for _ in range(a.ppo_epochs):
+            order = torch.randperm(self.rows_per_step, generator=generator).tolist()
+            for mini_rows in _chunks(order, mini):
+                kept = [kept_index[r] for r in mini_rows if r in kept_index]
+                self.accumulate_gradients(all_rows.subset(kept), len(mini_rows), timer, totals)
+                self.optimizer_step(timer, totals)
+
+    @torch.no_grad()
+    def attach_logprobs(self, rows: UpdateRows, timer: PhaseTimer, need_old: bool) -> None:
+        """Reference log-probs (KL on) and the sampling policy's log-probs (off-policy), once per row."""
+        if self.reference is None and not need_old:
+            return
+        ref, old = [], []
+        for chunk in _chunks(list(range(len(rows))), self.cfg.trainer.micro_batch_size):
+            batch = self._token_batch(rows, chunk)
+            lengths = [len(rows.completion_ids[i]) for i in chunk]
+            if self.reference is not None:
+                with timer.phase("reference"):
+                    ref_logp, _ = token_logprobs(self.reference, batch)
+                ref.extend(ref_logp[j, :n].cpu() for j, n in enumerate(lengths))
+            if need_old:
+                with timer.phase("forward_backward"):
+                    old_logp, _ = token_logprobs(self.policy, batch)
+                old.extend(old_logp[j, :n].cpu() for j, n in enumerate(lengths))
+        rows.ref_logp = ref if self.reference is not None else None
+        rows.old_logp = old if need_old else None
+
+    def accumulate_gradients(self, rows: UpdateRows, denominator: int, timer: PhaseTimer, totals: StepTotals) -> None:
+        """Backprop ``rows`` in micro-batches; ``denominator`` (rows sampled for this update, before
+        filtering) makes the gradient independent of the split and of what the filter dropped."""
+        order = sorted(range(len(rows)), key=lambda i: len(rows.prompt_ids[i]) + len(rows.completion_ids[i]))
+        a, beta = self.cfg.algorithm, self.cfg.kl.beta if self.cfg.algorithm.rl else 0.0
+        for chunk in _chunks(order, self.cfg.trainer.micro_batch_size):
+            batch = self._token_batch(rows, chunk)
+            width = batch.completion_ids.shape[1]
+            old = None if rows.old_logp is None else _pad_rows([rows.old_logp[i] for i in chunk], width).to(self.device)
+            ref = None if rows.ref_logp is None else _pad_rows([rows.ref_logp[i] for i in chunk], width).to(self.device)
+            with timer.phase("forward_backward"):
+                logp, entropy = token_logprobs(self.policy, batch, with_entropy=True)
+                loss, stats = policy_loss(
+                    logp, batch.completion_mask, rows.advantages[chunk].to(self.device), denominator,
+                    old_logp=old, ref_logp=ref, beta=beta, clip_eps_low=a.clip_eps_low, clip_eps_high=a.clip_eps_high,
+                )
+                loss.backward()
+            mask = batch.completion_mask
+            totals.loss += float(loss.detach())
+            totals.logp_sum += float((logp.detach() * mask).sum())
+            totals.entropy_sum += float((entropy * mask).sum()) if entropy is not None else 0.0
+            totals.train_tokens += batch.num_tokens
+            totals.stats += stats
+
+    def optimizer_step(self, timer: PhaseTimer, totals: StepTotals) -> None:
+        """Clip and apply the gradient; a non-finite gradient skips the update (and is counted)."""
+        with timer.phase("optimizer"):
+            norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.optim.max_grad_norm))
+            if math.isfinite(norm):
+                self.optimizer.step()
+                self.scheduler.step()
+                self.nonfinite_in_row = 0
+                totals.grad_norms.append(norm)
+                totals.optimizer_steps += 1
+            else:
+                totals.skipped_steps += 1
+                self.nonfinite_in_row += 1
+                log.warning("step %d: non-finite gradient, update skipped (%d in a row)", self.step + 1, self.nonfinite_in_row)
+            self.optimizer.zero_grad(set_to_none=True)
+        if self.nonfinite_in_row >= self.cfg.trainer.max_nonfinite_steps:
+            raise TrainingDiverged(
+                f"{self.nonfinite_in_row} non-finite gradients in a row at step {self.step + 1} "
+                f"(trainer.max_nonfinite_steps={self.cfg.trainer.max_nonfinite_steps}); last good checkpoint kept"
+            )
+
+    def rollout_metrics(self, rollouts: list[Rollout], timer: PhaseTimer) -> dict[str, float]:
+        rewards = torch.cat([r.rewards for r in rollouts])
+        advantages = torch.cat([r.advantages for r in rollouts])
+        keep = torch.cat([r.keep for r in rollouts])
+        lengths = [len(c) for r in rollouts for c in r.completions.completion_ids]
+        finished = [f for r in rollouts for f in r.completions.finished]
+        groups = len(rewards) // self.cfg.trainer.group_size
+        return {
+            "reward/mean": float(rewards.mean()),
+            "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+            "train/accuracy": float((rewards >= 1.0).float().mean()),
+            "completions/mean_length": sum(lengths) / len(lengths),
+            "completions/truncated_frac": 1.0 - sum(finished) / len(finished),
+            "filter/kept_frac": float(keep.float().mean()),
+            "filter/mean_abs_adv": float(advantages.abs().mean()),
+            "filter/zero_std_group_frac": sum(r.zero_std_groups for r in rollouts) / groups,
+            "throughput/sampling_tok_s": sum(lengths) / max(1e-9, timer.seconds["sampling"]),
+        }
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Held-out accuracy: greedy, and sampled pass@1 (one sample per prompt at the train temperature)."""
+        start = time.perf_counter()
+        examples = self.task.test_examples()
+        if self.cfg.task.n_test:
+            examples = examples[: self.cfg.task.n_test]
+        prompts = [e.prompt for e in examples]
+        metrics: dict[str, float] = {}
+        shown: list[tuple[str, str, float]] = []
+        for mode in ("greedy", "sampled"):
+            if not self.cfg.eval[mode]:
+                continue
+            out = self.sampler.generate(prompts, n=1, greedy=mode == "greedy", batch_size=self.cfg.eval.batch_size)
+            scores = [self.task.score(t, e) for t, e in zip(out.texts, examples)]
+            metrics[f"eval/{mode}_acc"] = sum(scores) / len(scores)
+            metrics[f"eval/{mode}_mean_length"] = sum(len(c) for c in out.completion_ids) / len(out)
+            metrics[f"eval/{mode}_truncated_frac"] = 1.0 - sum(out.finished) / len(out)
+            if mode == "sampled" or not shown:
+                shown = list(zip(prompts, out.texts, scores))[: self.cfg.logger.log_completions]
+        metrics["eval/time_s"] = time.perf_counter() - start
+        self.writer.log("eval", step, metrics)
+        self.writer.log_completions(step, shown)
+        return metrics
+
+    # ---------------------------------------------------------------- state
+    def trainer_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "data_position": self.data_position,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+            "nonfinite_in_row": self.nonfinite_in_row,
+            "train_seconds": self.train_seconds,
+            "phase_totals": dict(self.phase_totals),
+            "wandb_run_id": self.writer.wandb_run_id,
+        }
+
+    def save(self) -> None:
+        save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer, self.trainer_state(), self.cfg.checkpoint.keep)
+
+    def _restore(self) -> str | None:
+        """Continue from the last complete checkpoint in ``run_dir``; returns the W&B run id."""
+        path = latest_checkpoint(self.run_dir)
+        if path is None:
+            log.info("resume: no checkpoint in %s, starting from step 0", self.run_dir)
+            return None
+        state = load_trainer_state(path)
+        from rlreason.modeling import load_model
+
+        self.policy.load_state_dict(load_model(str(path), self.cfg.model).state_dict())
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.step, self.data_position = state["step"], state["data_position"]
+        self.nonfinite_in_row, self.train_seconds = state["nonfinite_in_row"], state["train_seconds"]
+        self.phase_totals.update(state["phase_totals"])
+        self._truncate_metrics_after(self.step)
+        log.info("resumed from %s (step %d)", path, self.step)
+        return state.get("wandb_run_id")
+
+    def _truncate_metrics_after(self, step: int) -> None:
+        """Drop rows logged after the checkpoint, so a resumed run logs every step exactly once."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        keep = [row for row in read_metrics(self.run_dir) if row["step"] <= step]
+        path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+
+    # ---------------------------------------------------------------- helpers
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _token_batch(self, rows: UpdateRows, chunk: list[int]):
+        return make_batch(
+            [rows.prompt_ids[i] for i in chunk], [rows.completion_ids[i] for i in chunk], self.tokenizer.pad_token_id, self.device
+        )
+
+    def summary(self, status: str, evals: dict[int, dict[str, float]], wall_clock_s: float) -> dict[str, Any]:
+        cfg = self.cfg
+        out: dict[str, Any] = {
+            "status": status,
+            "algorithm": cfg.algorithm.name,
+            "kl": cfg.kl.name,
+            "filter": cfg.filter.name,
+            "task": cfg.task.name,
+            "model": cfg.model.name,
+            "seed": cfg.seed,
+            "steps": self.step,
+            "wall_clock_s": wall_clock_s,
+            "train_time_s": self.train_seconds,
+        }
+        for name in ("sampling", "scoring", "reference", "forward_backward", "optimizer"):
+            out[f"time/{name}_s"] = self.phase_totals.get(name, 0.0)
+        if evals:
+            first, last = evals[min(evals)], evals[max(evals)]
+            for key, value in last.items():
+                out[f"final/{key.split('/', 1)[1]}"] = value
+            if min(evals) == 0:
+                for key, value in first.items():
+                    out[f"base/{key.split('/', 1)[1]}"] = value
+        return out

@@ -1,0 +1,24 @@
+"""Train a policy: ``python train.py algorithm=grpo kl=on filter=off`` (every knob is in conf/).
+
+Sweeps: ``python train.py -m algorithm=sft,grpo,ppo,dash kl=on,off filter=on,off``.
+"""
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+import rlreason.config  # noqa: F401  (registers the schema and the ${debug:...} resolver)
+from rlreason.cli import run_and_report
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.get()
+    return run_and_report(cfg, Path(hydra_cfg.runtime.output_dir), multirun=hydra_cfg.mode == RunMode.MULTIRUN)
+
+
+if __name__ == "__main__":
+    main()
