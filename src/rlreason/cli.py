@@ -23,33 +23,45 @@ log = logging.getLogger("rlreason")
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Validate ``cfg``, train in ``run_dir`` and return the summary (also in summary.json)."""
-    validate(cfg)
+    from rlreason.distributed import launched_world_size
+
+    validate(cfg, world_size=launched_world_size())
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    from rlreason.distributed import get_parallel
     from rlreason.trainer import Trainer  # after validation: a config error should not wait for torch
 
-    summary = Trainer(cfg, run_dir).fit()
+    parallel = get_parallel()
+    run_dir = Path(parallel.broadcast(str(run_dir)))  # under accelerate launch: process 0's run folder
+    summary = Trainer(cfg, run_dir, parallel).fit()
     return summary
 
 
 def run_and_report(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | None:
     """``run`` for the command line: the summary table on success, one error line on bad input."""
+    from rlreason.distributed import launched_rank
+
+    main_process = launched_rank() == 0  # under accelerate launch, only process 0 writes and reports
+    if not main_process:
+        log.setLevel(logging.WARNING)
     try:
         summary = run(cfg, run_dir)
     except UserError as exc:
         message = f"error: {exc}"
         print(message, file=sys.stderr)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "error.txt").write_text(message + "\n")
-        _mark_failed(run_dir, str(exc))
+        if main_process:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "error.txt").write_text(message + "\n")
+            _mark_failed(run_dir, str(exc))
         if multirun:
             return None
         sys.exit(2)
     from rlreason.progress import print_summary
 
-    print_summary(summary)
+    if main_process:
+        print_summary(summary)
     return summary.get("final/greedy_acc")
 
 

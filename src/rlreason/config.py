@@ -199,8 +199,9 @@ SCHEDULES = ("constant", "linear", "cosine")
 LOGGER_MODES = ("auto", "online", "offline", "disabled")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Checks that span several fields. Raises ConfigError with one line naming the fields."""
+def validate(cfg: DictConfig, world_size: int = 1) -> None:
+    """Checks that span several fields (and the process count under ``accelerate launch``).
+    Raises ConfigError with one line naming the fields."""
     a, t, o = cfg.algorithm, cfg.trainer, cfg.optim
     rows = t.prompts_per_step * t.group_size
 
@@ -211,6 +212,11 @@ def validate(cfg: DictConfig) -> None:
     need(t.steps >= 0, f"trainer.steps={t.steps} must be >= 0")
     need(t.prompts_per_step >= 1, f"trainer.prompts_per_step={t.prompts_per_step} must be >= 1")
     need(t.group_size >= 1, f"trainer.group_size={t.group_size} must be >= 1")
+    need(
+        t.prompts_per_step % world_size == 0,
+        f"trainer.prompts_per_step={t.prompts_per_step} must be a multiple of the number of processes ({world_size}): "
+        "each process samples whole groups",
+    )
     need(t.micro_batch_size >= 1, f"trainer.micro_batch_size={t.micro_batch_size} must be >= 1")
     need(
         t.micro_batch_size <= rows,

@@ -123,6 +123,24 @@ class MetricsWriter:
             self.wandb_run = None
 
 
+class NullWriter:
+    """The writer of processes other than 0 under ``accelerate launch``: process 0 logs for all."""
+
+    wandb_run_id = None
+
+    def log(self, kind: str, step: int, metrics: dict[str, Any]) -> None:
+        pass
+
+    def log_completions(self, step: int, rows: list[tuple[str, str, float]]) -> None:
+        pass
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        pass
+
+    def close(self, summary: dict[str, Any] | None = None) -> None:
+        pass
+
+
 def read_metrics(run_dir: Path | str, kind: str | None = None) -> list[dict[str, Any]]:
     """The rows of a run's ``metrics.jsonl`` (optionally one kind); a torn last line is skipped."""
     rows = []

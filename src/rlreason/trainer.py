@@ -10,6 +10,9 @@ advantage 1 on reference solutions or teacher demonstrations.
 
 A "step" is one sampled batch of ``prompts_per_step`` prompts; PPO makes several optimizer
 updates per step (counted in ``train/optimizer_steps``).
+
+Under ``accelerate launch`` each process samples and back-propagates its share of the step's
+prompts and the gradient is the single-process one (see ``rlreason.distributed``).
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlreason.batching import make_batch, token_logprobs
 from rlreason.checkpoint import latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
-from rlreason.errors import TrainingDiverged
-from rlreason.metrics import MetricsWriter, read_metrics
+from rlreason.distributed import Parallel, get_parallel
+from rlreason.errors import ConfigError, TrainingDiverged
+from rlreason.metrics import MetricsWriter, NullWriter, read_metrics
 from rlreason.modeling import load_policy, load_reference, load_tokenizer
 from rlreason.progress import Progress
 from rlreason.rl import LossStats, gradient_filter, group_advantages, policy_loss, zero_std_groups
@@ -128,8 +132,11 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
 class Trainer:
     """Builds everything from a resolved config and runs the loop; writes into ``run_dir``."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path):
+    def __init__(self, cfg: DictConfig, run_dir: Path, parallel: Parallel | None = None):
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.parallel = parallel or get_parallel()
+        if cfg.resume and self.parallel.uses_deepspeed:
+            raise ConfigError("resume=true is not supported under DeepSpeed (its optimizer state is sharded); use DDP")
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
@@ -152,9 +159,24 @@ class Trainer:
         self.nonfinite_in_row = 0
         self.train_seconds = 0.0
         self.phase_totals: dict[str, float] = defaultdict(float)
+        if self.parallel.device is not None:  # a GPU (this process's one under accelerate launch)
+            self.device = self.parallel.device
+            for model in (self.policy, self.reference):
+                if model is not None:
+                    model.to(self.device)
+        if self.parallel.world_size > 1:
+            # Each process samples different completions; the same seed reproduces them.
+            torch.manual_seed(cfg.seed * 1_000_003 + self.parallel.rank)
         wandb_id = self._restore() if cfg.resume else None
-        self.writer = MetricsWriter(self.run_dir, cfg, wandb_run_id=wandb_id)
-        OmegaConf.save(cfg, self.run_dir / "config.yaml", resolve=True)
+        # The model training forwards go through (DDP/DeepSpeed wrapper; the policy itself on one process).
+        self.train_model, self.optimizer = self.parallel.prepare(
+            self.policy, self.optimizer, cfg.trainer.micro_batch_size, cfg.optim.max_grad_norm
+        )
+        if self.parallel.is_main:
+            self.writer = MetricsWriter(self.run_dir, cfg, wandb_run_id=wandb_id)
+            OmegaConf.save(cfg, self.run_dir / "config.yaml", resolve=True)
+        else:
+            self.writer = NullWriter()
 
     # ---------------------------------------------------------------- schedule
     @property
@@ -197,7 +219,7 @@ class Trainer:
         try:
             if cfg.eval.at_start and self.step == 0:
                 evals[0] = self.evaluate(0)
-            with Progress(cfg.trainer.steps, enabled=cfg.logger.progress, start=self.step) as bar:
+            with Progress(cfg.trainer.steps, enabled=cfg.logger.progress and self.parallel.is_main, start=self.step) as bar:
                 while self.step < cfg.trainer.steps:
                     metrics = self.train_step()
                     self.writer.log("train", self.step, metrics)
@@ -224,6 +246,7 @@ class Trainer:
         self.train_seconds += elapsed
         for name, seconds in timer.seconds.items():
             self.phase_totals[name] += seconds
+        self._sum_over_processes(totals)
         tokens = max(1.0, totals.stats.tokens)
         metrics.update({
             "train/loss": totals.loss,
@@ -246,20 +269,23 @@ class Trainer:
     def _sft_step(self, timer: PhaseTimer, totals: StepTotals) -> dict[str, float]:
         examples = self.task.train_batch(self.data_position, self.rows_per_step)
         self.data_position += len(examples)
+        examples = self.parallel.shard(examples)
         source = self.cfg.sft.source
         rows = UpdateRows(
             prompt_ids=[self._encode(e.prompt) for e in examples],
             completion_ids=[self._encode(self.task.sft_target(e, source)) + [self.tokenizer.eos_token_id] for e in examples],
             advantages=torch.ones(len(examples)),
         )
-        self.accumulate_gradients(rows, len(examples), timer, totals)
+        self.accumulate_gradients(rows, self.rows_per_step, timer, totals)
         self.optimizer_step(timer, totals)
-        return {"completions/mean_length": sum(len(c) for c in rows.completion_ids) / len(rows)}
+        length, count = self.parallel.sum([sum(len(c) for c in rows.completion_ids), len(rows)])
+        return {"completions/mean_length": length / count}
 
     def _rl_step(self, timer: PhaseTimer, totals: StepTotals) -> dict[str, float]:
         cfg, a = self.cfg, self.cfg.algorithm
         examples = self.task.train_batch(self.data_position, cfg.trainer.prompts_per_step)
         self.data_position += len(examples)
+        examples = self.parallel.shard(examples)  # whole groups: each process its contiguous share
         rollouts: list[Rollout] = []
         if a.preemptive_sampling:
             # DASH: one generation call for every sample of the step, then small backprop micro-batches.
@@ -269,12 +295,13 @@ class Trainer:
         else:
             # Standard GRPO: generation batch = backprop batch; weights change only at the step's end.
             per_chunk = cfg.trainer.micro_batch_size // cfg.trainer.group_size
-            for chunk in _chunks(examples, per_chunk):
+            chunks = list(_chunks(examples, per_chunk))
+            for i, chunk in enumerate(chunks):
                 rollout = self.sample_and_score(chunk, timer, None)
                 rollouts.append(rollout)
                 rows = rollout.rows()
                 self.attach_logprobs(rows, timer, need_old=False)
-                self.accumulate_gradients(rows, self.rows_per_step, timer, totals)
+                self.accumulate_gradients(rows, self.rows_per_step, timer, totals, sync=i == len(chunks) - 1)
             self.optimizer_step(timer, totals)
         return self.rollout_metrics(rollouts, timer)
 
@@ -302,10 +329,11 @@ class Trainer:
         kept_index = {row: i for i, row in enumerate(i for i in range(len(rollout.rewards)) if bool(rollout.keep[i]))}
         mini = a.mini_batch_size or self.rows_per_step
         generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
+        first = self.parallel.rank * len(rollout.rewards)  # this process's rows in the step's global order
         for _ in range(a.ppo_epochs):
             order = torch.randperm(self.rows_per_step, generator=generator).tolist()
             for mini_rows in _chunks(order, mini):
-                kept = [kept_index[r] for r in mini_rows if r in kept_index]
+                kept = [kept_index[r - first] for r in mini_rows if r - first in kept_index]
                 self.accumulate_gradients(all_rows.subset(kept), len(mini_rows), timer, totals)
                 self.optimizer_step(timer, totals)
 
@@ -329,34 +357,61 @@ class Trainer:
         rows.ref_logp = ref if self.reference is not None else None
         rows.old_logp = old if need_old else None
 
-    def accumulate_gradients(self, rows: UpdateRows, denominator: int, timer: PhaseTimer, totals: StepTotals) -> None:
+    def accumulate_gradients(
+        self, rows: UpdateRows, denominator: int, timer: PhaseTimer, totals: StepTotals, sync: bool = True
+    ) -> None:
         """Backprop ``rows`` in micro-batches; ``denominator`` (rows sampled for this update, before
-        filtering) makes the gradient independent of the split and of what the filter dropped."""
+        filtering, on all processes) makes the gradient independent of the split and of what the
+        filter dropped. ``sync`` False: more rows follow before the optimizer step (GRPO's chunks),
+        so processes do not exchange gradients yet."""
         order = sorted(range(len(rows)), key=lambda i: len(rows.prompt_ids[i]) + len(rows.completion_ids[i]))
         a, beta = self.cfg.algorithm, self.cfg.kl.beta if self.cfg.algorithm.rl else 0.0
-        for chunk in _chunks(order, self.cfg.trainer.micro_batch_size):
+        chunks = list(_chunks(order, self.cfg.trainer.micro_batch_size))
+        n_micro = self.parallel.micro_batches(len(chunks), sync)
+        for k, chunk in enumerate(chunks):
             batch = self._token_batch(rows, chunk)
             width = batch.completion_ids.shape[1]
             old = None if rows.old_logp is None else _pad_rows([rows.old_logp[i] for i in chunk], width).to(self.device)
             ref = None if rows.ref_logp is None else _pad_rows([rows.ref_logp[i] for i in chunk], width).to(self.device)
-            with timer.phase("forward_backward"):
-                logp, entropy = token_logprobs(self.policy, batch, with_entropy=True)
+            with timer.phase("forward_backward"), self.parallel.backward_context(self.train_model, sync and k == n_micro - 1):
+                logp, entropy = token_logprobs(self.train_model, batch, with_entropy=True)
                 loss, stats = policy_loss(
                     logp, batch.completion_mask, rows.advantages[chunk].to(self.device), denominator,
                     old_logp=old, ref_logp=ref, beta=beta, clip_eps_low=a.clip_eps_low, clip_eps_high=a.clip_eps_high,
                 )
-                loss.backward()
+                self.parallel.backward(loss)
             mask = batch.completion_mask
             totals.loss += float(loss.detach())
             totals.logp_sum += float((logp.detach() * mask).sum())
             totals.entropy_sum += float((entropy * mask).sum()) if entropy is not None else 0.0
             totals.train_tokens += batch.num_tokens
             totals.stats += stats
+        for k in range(len(chunks), n_micro):  # another process has more rows: join its gradient exchange
+            self._empty_backward(timer, sync and k == n_micro - 1)
+
+    def _empty_backward(self, timer: PhaseTimer, sync: bool) -> None:
+        """A zero-loss forward/backward on one token: adds nothing to the gradient."""
+        eos = self.tokenizer.eos_token_id
+        batch = make_batch([[eos]], [[eos]], self.tokenizer.pad_token_id, self.device)
+        with timer.phase("forward_backward"), self.parallel.backward_context(self.train_model, sync):
+            logp, _ = token_logprobs(self.train_model, batch)
+            self.parallel.backward(logp.sum() * 0.0)
+
+    def _sum_over_processes(self, totals: StepTotals) -> None:
+        """Turn this process's sums into sums over every process (the gradient norm is already global)."""
+        if self.parallel.world_size == 1:
+            return
+        s = totals.stats
+        (totals.loss, totals.logp_sum, totals.entropy_sum, train_tokens, s.tokens, s.kl_sum, s.clipped_tokens) = (
+            self.parallel.sum([totals.loss, totals.logp_sum, totals.entropy_sum, totals.train_tokens, s.tokens, s.kl_sum,
+                               s.clipped_tokens])
+        )
+        totals.train_tokens = int(train_tokens)
 
     def optimizer_step(self, timer: PhaseTimer, totals: StepTotals) -> None:
         """Clip and apply the gradient; a non-finite gradient skips the update (and is counted)."""
         with timer.phase("optimizer"):
-            norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.optim.max_grad_norm))
+            norm = self.parallel.clip_grad_norm(self.train_model, self.cfg.optim.max_grad_norm)
             if math.isfinite(norm):
                 self.optimizer.step()
                 self.scheduler.step()
@@ -380,6 +435,12 @@ class Trainer:
         keep = torch.cat([r.keep for r in rollouts])
         lengths = [len(c) for r in rollouts for c in r.completions.completion_ids]
         finished = [f for r in rollouts for f in r.completions.finished]
+        zero_std = sum(r.zero_std_groups for r in rollouts)
+        if self.parallel.world_size > 1:  # the whole step's rows, in the single-process order
+            parts = self.parallel.gather((rewards, advantages, keep, lengths, finished, zero_std))
+            rewards, advantages, keep = (torch.cat([p[i] for p in parts]) for i in range(3))
+            lengths, finished = ([x for p in parts for x in p[i]] for i in (3, 4))
+            zero_std = sum(p[5] for p in parts)
         groups = len(rewards) // self.cfg.trainer.group_size
         return {
             "reward/mean": float(rewards.mean()),
@@ -389,7 +450,7 @@ class Trainer:
             "completions/truncated_frac": 1.0 - sum(finished) / len(finished),
             "filter/kept_frac": float(keep.float().mean()),
             "filter/mean_abs_adv": float(advantages.abs().mean()),
-            "filter/zero_std_group_frac": sum(r.zero_std_groups for r in rollouts) / groups,
+            "filter/zero_std_group_frac": zero_std / groups,
             "throughput/sampling_tok_s": sum(lengths) / max(1e-9, timer.seconds["sampling"]),
         }
 
@@ -400,17 +461,22 @@ class Trainer:
         examples = self.task.test_examples()
         if self.cfg.task.n_test:
             examples = examples[: self.cfg.task.n_test]
+        examples = self.parallel.shard(examples)  # each process evaluates its share; sums are added up
         prompts = [e.prompt for e in examples]
         metrics: dict[str, float] = {}
         shown: list[tuple[str, str, float]] = []
         for mode in ("greedy", "sampled"):
             if not self.cfg.eval[mode]:
                 continue
-            out = self.sampler.generate(prompts, n=1, greedy=mode == "greedy", batch_size=self.cfg.eval.batch_size)
+            out = (self.sampler.generate(prompts, n=1, greedy=mode == "greedy", batch_size=self.cfg.eval.batch_size)
+                   if prompts else Completions([], [], [], []))
             scores = [self.task.score(t, e) for t, e in zip(out.texts, examples)]
-            metrics[f"eval/{mode}_acc"] = sum(scores) / len(scores)
-            metrics[f"eval/{mode}_mean_length"] = sum(len(c) for c in out.completion_ids) / len(out)
-            metrics[f"eval/{mode}_truncated_frac"] = 1.0 - sum(out.finished) / len(out)
+            n, correct, length, finished = self.parallel.sum(
+                [len(scores), sum(scores), sum(len(c) for c in out.completion_ids), sum(out.finished)]
+            )
+            metrics[f"eval/{mode}_acc"] = correct / n
+            metrics[f"eval/{mode}_mean_length"] = length / n
+            metrics[f"eval/{mode}_truncated_frac"] = 1.0 - finished / n
             if mode == "sampled" or not shown:
                 shown = list(zip(prompts, out.texts, scores))[: self.cfg.logger.log_completions]
         metrics["eval/time_s"] = time.perf_counter() - start
@@ -423,7 +489,8 @@ class Trainer:
         return {
             "step": self.step,
             "data_position": self.data_position,
-            "optimizer": self.optimizer.state_dict(),
+            # Under DeepSpeed each process holds a shard of the optimizer state (resume is refused there).
+            "optimizer": None if self.parallel.uses_deepspeed else self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(),
             "nonfinite_in_row": self.nonfinite_in_row,
@@ -433,7 +500,14 @@ class Trainer:
         }
 
     def save(self) -> None:
-        save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer, self.trainer_state(), self.cfg.checkpoint.keep)
+        """Process 0 writes; every process's sampling RNG is kept so a resume samples the same."""
+        rng_per_process = self.parallel.gather(rng_state()) if self.parallel.world_size > 1 else None
+        if not self.parallel.is_main:
+            return
+        state = self.trainer_state()
+        if rng_per_process:
+            state["rng_per_process"] = rng_per_process
+        save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer, state, self.cfg.checkpoint.keep)
 
     def _restore(self) -> str | None:
         """Continue from the last complete checkpoint in ``run_dir``; returns the W&B run id."""
@@ -448,10 +522,14 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
+        per_process = state.get("rng_per_process")
+        if self.parallel.world_size > 1 and per_process and len(per_process) == self.parallel.world_size:
+            set_rng_state(per_process[self.parallel.rank])
         self.step, self.data_position = state["step"], state["data_position"]
         self.nonfinite_in_row, self.train_seconds = state["nonfinite_in_row"], state["train_seconds"]
         self.phase_totals.update(state["phase_totals"])
-        self._truncate_metrics_after(self.step)
+        if self.parallel.is_main:
+            self._truncate_metrics_after(self.step)
         log.info("resumed from %s (step %d)", path, self.step)
         return state.get("wandb_run_id")
 

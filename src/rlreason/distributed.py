@@ -1,0 +1,222 @@
+"""Data parallelism over several processes (``accelerate launch``), and its one-process stand-in.
+
+The trainer talks to a ``Parallel``; with one process (plain ``python train.py``) every method is
+the identity, so single-process training runs exactly the code it always ran. Under
+``accelerate launch --num_processes N`` (DDP on CPU/gloo or GPU/NCCL, or DeepSpeed ZeRO-2):
+
+- each process takes a contiguous 1/N of the step's prompts (whole groups, so advantages are
+  computed as on one process), samples and scores them, and back-propagates its own rows;
+- the loss keeps the global denominator (rows sampled for the update on *all* processes), so the
+  sum of the processes' gradients is the single-process gradient; DDP and DeepSpeed *average*
+  over processes, so ``backward`` multiplies the loss by N;
+- micro-batches run without gradient synchronisation except the last one of an update; every
+  process runs the same number of micro-batches (the ones that filtered more rows add empty,
+  zero-loss micro-batches), because the synchronising backward is a collective call;
+- metrics are reduced from sums and counts (or by gathering the rows in global order), never
+  as means of per-process means; only process 0 writes files and logs to W&B.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import TYPE_CHECKING, Any, Iterator
+
+if TYPE_CHECKING:  # torch is imported where used, so train.py reports a config error without loading it
+    import torch
+
+
+def launched_world_size() -> int:
+    """Processes started by ``accelerate launch`` / ``torchrun`` (1 for a plain ``python``)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def launched_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def hydra_overrides_for_rank(argv: list[str]) -> list[str]:
+    """Extra Hydra overrides for processes other than 0: they write nothing into the run folder.
+
+    Every process composes the config itself; the run folder's name contains a timestamp that
+    processes could read a second apart, so only process 0 uses it (the others learn it from
+    process 0) and the others log to the console only.
+    """
+    if launched_world_size() <= 1 or launched_rank() == 0:
+        return []
+    given = {arg.split("=", 1)[0].lstrip("+") for arg in argv if "=" in arg}
+    extra = ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
+    scratch = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"rlreason-rank{launched_rank()}")
+    for key in ("hydra.run.dir", "hydra.sweep.dir"):
+        if key not in given:
+            extra.append(f"{key}={scratch}")
+    return extra
+
+
+class Parallel:
+    """One process: nothing is split, reduced or synchronised."""
+
+    rank = 0
+    world_size = 1
+    is_main = True
+    uses_deepspeed = False
+
+    @property
+    def device(self) -> torch.device | None:
+        """Where models go: the GPU if there is one; None leaves them where they were loaded (CPU)."""
+        import torch
+
+        return torch.device("cuda") if torch.cuda.is_available() else None
+
+    def prepare(self, model: Any, optimizer: Any, micro_batch_size: int, max_grad_norm: float) -> tuple[Any, Any]:
+        """The model to run training forwards through, and the optimizer to step."""
+        return model, optimizer
+
+    def shard(self, items: list[Any]) -> list[Any]:
+        """This process's contiguous share of ``items`` (all of them with one process)."""
+        return items
+
+    def micro_batches(self, local: int, sync: bool) -> int:
+        """Micro-batches to run: the most any process has (see ``backward_context``)."""
+        return local
+
+    @contextlib.contextmanager
+    def backward_context(self, model: Any, sync: bool) -> Iterator[None]:
+        """Around one forward+backward: ``sync`` False accumulates locally without communicating."""
+        yield
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def clip_grad_norm(self, model: Any, max_norm: float) -> float:
+        import torch
+
+        return float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over processes."""
+        return values
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every process's ``obj``, in rank order."""
+        return [obj]
+
+    def broadcast(self, obj: Any) -> Any:
+        """Process 0's ``obj`` on every process."""
+        return obj
+
+    def barrier(self) -> None:
+        pass
+
+
+class AccelerateParallel(Parallel):
+    """Several processes through ``accelerate.Accelerator`` (its launch config picks DDP or DeepSpeed)."""
+
+    def __init__(self) -> None:
+        import torch
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedType
+
+        from rlreason.errors import ConfigError
+
+        # Without CUDA, processes started by `accelerate launch --multi_gpu` (or conf/accelerate/ddp_cpu.yaml)
+        # run on the CPU and talk over gloo; with CUDA, one GPU per process and NCCL.
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        if self.accelerator.num_processes != launched_world_size():
+            raise ConfigError(
+                f"{launched_world_size()} processes were launched but accelerate set up {self.accelerator.num_processes}; "
+                "launch with `accelerate launch --config_file conf/accelerate/ddp_cpu.yaml` (CPU) or ddp_gpu.yaml"
+            )
+        self.rank = self.accelerator.process_index
+        self.world_size = self.accelerator.num_processes
+        self.is_main = self.accelerator.is_main_process
+        self.uses_deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
+        self._unsynced = False  # this process back-propagated since the last synchronisation
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def prepare(self, model: Any, optimizer: Any, micro_batch_size: int, max_grad_norm: float) -> tuple[Any, Any]:
+        if self.uses_deepspeed:
+            # No dataloader tells DeepSpeed its batch size; it only books it (the trainer splits batches).
+            plugin = self.accelerator.state.deepspeed_plugin
+            for key, value in (("train_micro_batch_size_per_gpu", micro_batch_size), ("gradient_clipping", max_grad_norm)):
+                if plugin.is_auto(key):
+                    plugin.deepspeed_config[key] = value
+        # DDP broadcasts process 0's weights on wrapping, so every replica starts identical.
+        return self.accelerator.prepare(model, optimizer)
+
+    def shard(self, items: list[Any]) -> list[Any]:
+        per = -(-len(items) // self.world_size)
+        return items[self.rank * per : (self.rank + 1) * per]
+
+    def micro_batches(self, local: int, sync: bool) -> int:
+        import torch
+
+        counts = torch.tensor([local, int(self._unsynced)], device=self.device)
+        torch.distributed.all_reduce(counts, op=torch.distributed.ReduceOp.MAX)
+        most, pending = int(counts[0]), bool(counts[1])
+        # Gradients accumulated earlier (GRPO's previous chunks) still need one synchronising pass.
+        return max(most, 1) if sync and pending else most
+
+    @contextlib.contextmanager
+    def backward_context(self, model: Any, sync: bool) -> Iterator[None]:
+        if self.uses_deepspeed:
+            # DeepSpeed reduces at the boundary (ZeRO-2 also every micro-batch: hence equal counts)
+            # and steps its optimizer inside the boundary's backward.
+            self.accelerator.gradient_state._set_sync_gradients(sync)
+            try:
+                yield
+            finally:
+                self.accelerator.gradient_state._set_sync_gradients(True)
+        else:
+            with contextlib.nullcontext() if sync else self.accelerator.no_sync(model):
+                yield
+        self._unsynced = not sync
+
+    def backward(self, loss: torch.Tensor) -> None:
+        # The loss is already divided by the global row count; DDP/DeepSpeed divide the summed
+        # gradient by the number of processes once more, which this factor undoes.
+        self.accelerator.backward(loss * self.world_size)
+
+    def clip_grad_norm(self, model: Any, max_norm: float) -> float:
+        # DDP: gradients are identical on every process after synchronisation, so is the norm.
+        # DeepSpeed clips inside its step (``gradient_clipping`` in its config) and reports the norm.
+        norm = self.accelerator.clip_grad_norm_(model.parameters(), max_norm)
+        return float("nan") if norm is None else float(norm)
+
+    def sum(self, values: list[float]) -> list[float]:
+        import torch
+
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+
+    def gather(self, obj: Any) -> list[Any]:
+        import torch
+
+        out: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj: Any) -> Any:
+        import torch
+
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+
+_PARALLEL: Parallel | None = None
+
+
+def get_parallel() -> Parallel:
+    """This process's ``Parallel`` (created once: the process group lives as long as the process)."""
+    global _PARALLEL
+    if _PARALLEL is None:
+        _PARALLEL = AccelerateParallel() if launched_world_size() > 1 else Parallel()
+    return _PARALLEL
