@@ -3,7 +3,7 @@
 ``python tests/ddp_worker.py OUT SPEC.json``: SPEC is a JSON list of runs, each a list of Hydra
 overrides; run i trains in OUT/i/ and process 0 saves the final weights to OUT/i/weights.pt and,
 for every optimizer update, the gradient's norm and its projections on fixed random directions
-to OUT/i/gradients.json (Adam's update hardly depends on the gradient's scale, so equal weights
+to OUT/i/gradients.json; each process writes how many empty micro-batches it ran to OUT/i.rankR.json (Adam's update hardly depends on the gradient's scale, so equal weights
 alone would not show a gradient that is off by a constant factor).
 
 Sampling and reward are made independent of how prompts are split over processes, so a
@@ -75,6 +75,18 @@ def record_gradients(trainer: Trainer) -> list[list[float]]:
     return records
 
 
+def count_calls(obj, name: str) -> list[int]:
+    count = [0]
+    method = getattr(obj, name)
+
+    def counted(*args, **kwargs):
+        count[0] += 1
+        return method(*args, **kwargs)
+
+    setattr(obj, name, counted)
+    return count
+
+
 def main(out: Path, spec: list[list[str]]) -> None:
     for i, overrides in enumerate(spec):
         cfg = compose(*overrides)
@@ -82,7 +94,9 @@ def main(out: Path, spec: list[list[str]]) -> None:
         trainer.sampler = PromptSeededSampler(trainer.sampler, trainer)
         trainer.task.score = text_reward
         gradients = record_gradients(trainer)
+        empty = count_calls(trainer, "_empty_backward")
         trainer.fit()
+        (out / f"{i}.rank{trainer.parallel.rank}.json").write_text(json.dumps({"empty_backwards": empty[0]}))
         if trainer.parallel.is_main:
             torch.save({k: v.detach().cpu() for k, v in trainer.policy.state_dict().items()}, out / str(i) / "weights.pt")
             (out / str(i) / "gradients.json").write_text(json.dumps(gradients))

@@ -1,0 +1,141 @@
+"""Data-parallel training under ``accelerate launch``: 2 CPU processes (gloo) give the 1-process result.
+
+The end-to-end tests start real processes with ``accelerate launch`` and the CPU config shipped
+in conf/accelerate/ddp_cpu.yaml. To compare with one process on the same data, the worker
+(tests/ddp_worker.py) seeds each prompt's sampling from the prompt itself and rewards a fixed
+function of the text, so both runs see identical rollouts; what differs is only how rows are
+split over processes and micro-batches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import CONF, ROOT, compose
+from rlreason.config import validate
+from rlreason.distributed import Parallel, hydra_overrides_for_rank
+from rlreason.errors import ConfigError
+
+ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
+LAUNCH = [ACCELERATE, "launch", "--config_file", str(CONF / "accelerate" / "ddp_cpu.yaml"), "--num_processes", "2"]
+FAST = ["debug=true", "threads=1", "logger=none", "logger.progress=false", "trainer.steps=2", "sampler.max_new_tokens=32",
+        "task.n_test=8", "eval.every=0", "checkpoint.save_final=false"]
+# Micro-batches of 4 rows, and filtering on: processes keep different numbers of rows, so some
+# run empty micro-batches to join the gradient exchange. Covers one generation call per step (dash),
+# per-chunk sampling (grpo), several updates per step on shuffled mini-batches (ppo_mini), and SFT.
+RUNS = [
+    ["algorithm=dash", "kl=on", "filter=on", "trainer.micro_batch_size=4"],
+    ["algorithm=grpo", "kl=off", "filter=on", "trainer.micro_batch_size=4", "eval.at_start=false", "eval.sampled=false"],
+    ["algorithm=ppo_mini", "kl=off", "filter=on", "trainer.micro_batch_size=4", "eval.at_start=false", "eval.sampled=false"],
+    ["algorithm=sft", "eval.at_start=false", "eval.sampled=false"],
+]
+# Quantities that must be equal exactly (computed from the same rollouts, gathered in the same order).
+EXACT = ("reward/", "completions/", "filter/", "eval/greedy", "eval/sampled", "train/accuracy", "train/lr",
+         "train/optimizer_steps", "train/skipped_steps")
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    env["TMPDIR"] = str(tmp_path / "scratch")  # process 1's throw-away Hydra folder
+    (tmp_path / "scratch").mkdir(exist_ok=True)
+    return env
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_prompts_per_step_must_divide_by_the_process_count():
+    cfg = compose("trainer.prompts_per_step=6")
+    validate(cfg, world_size=3)
+    with pytest.raises(ConfigError, match=r"prompts_per_step=6 must be a multiple of the number of processes \(4\)"):
+        validate(cfg, world_size=4)
+
+
+def test_other_processes_write_nothing_into_the_run_folder(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert hydra_overrides_for_rank(["algorithm=grpo"]) == []
+    monkeypatch.setenv("RANK", "1")
+    extra = hydra_overrides_for_rank(["algorithm=grpo", "hydra.run.dir=/runs/a"])
+    assert "hydra.output_subdir=null" in extra and "hydra/job_logging=stdout" in extra
+    assert not any(e.startswith("hydra.run.dir=") for e in extra)  # the user's folder is shared
+    assert any(e.startswith("hydra.sweep.dir=") for e in extra)
+    monkeypatch.delenv("WORLD_SIZE")
+    assert hydra_overrides_for_rank([]) == []
+
+
+def test_one_process_is_the_identity():
+    p = Parallel()
+    assert (p.rank, p.world_size, p.is_main) == (0, 1, True)
+    items = list(range(7))
+    assert p.shard(items) is items and p.sum([1.5, 2]) == [1.5, 2] and p.micro_batches(3, sync=True) == 3
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path: Path):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps([FAST + run for run in RUNS]))
+    worker = [str(ROOT / "tests" / "ddp_worker.py")]
+    env = _env(tmp_path)
+    # Both at once: the machine has few cores and most of the time is start-up and sampling.
+    one = subprocess.Popen([sys.executable, *worker, str(tmp_path / "one"), str(spec)], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    two = subprocess.run([*LAUNCH, *worker, str(tmp_path / "two"), str(spec)], env=env, capture_output=True, text=True,
+                         timeout=300)
+    one_out = one.communicate(timeout=300)[0]
+    assert one.returncode == 0, one_out[-3000:]
+    assert two.returncode == 0, (two.stdout + two.stderr)[-3000:]
+
+    empty_backwards = 0
+    for i, overrides in enumerate(RUNS):
+        a, b = tmp_path / "one" / str(i), tmp_path / "two" / str(i)
+        empty_backwards += sum(json.loads((b.parent / f"{i}.rank{r}.json").read_text())["empty_backwards"] for r in (0, 1))
+        rows_a, rows_b = _metrics(a), _metrics(b)
+        assert [(r["kind"], r["step"]) for r in rows_a] == [(r["kind"], r["step"]) for r in rows_b], overrides
+        for ra, rb in zip(rows_a, rows_b):
+            for key, value in ra.items():
+                if key.startswith(EXACT):
+                    assert rb[key] == value, (overrides, ra["step"], key)
+                elif key.startswith(("train/loss", "train/nll", "train/entropy", "train/kl", "train/grad_norm")):
+                    assert rb[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (overrides, ra["step"], key)
+        # The gradient of every update (norm and projections): equal, not off by the process count.
+        grads_a = torch.tensor(json.loads((a / "gradients.json").read_text()))
+        grads_b = torch.tensor(json.loads((b / "gradients.json").read_text()))
+        assert grads_a.shape == grads_b.shape and grads_a[:, 0].min() > 0
+        torch.testing.assert_close(grads_b, grads_a, rtol=1e-4, atol=1e-6, msg=lambda m: f"{overrides}: {m}")
+        weights_a, weights_b = torch.load(a / "weights.pt"), torch.load(b / "weights.pt")
+        for name, w in weights_a.items():
+            torch.testing.assert_close(weights_b[name], w, rtol=0, atol=1e-6, msg=lambda m: f"{overrides} {name}: {m}")
+        assert sorted(p.name for p in b.iterdir()) == sorted(p.name for p in a.iterdir())
+    assert empty_backwards > 0, "no process ever ran an empty micro-batch: the uneven case is not covered"
+
+
+@pytest.mark.slow
+def test_accelerate_launch_train_py_writes_one_run_folder(tmp_path: Path):
+    """The real entry point: one run folder (process 0's), every step logged once, a checkpoint."""
+    changed = {"trainer.steps": "3", "eval.every": "2", "checkpoint.save_final": "true"}
+    fast = [o for o in FAST if o.split("=")[0] not in changed] + [f"{k}={v}" for k, v in changed.items()]
+    args = [*LAUNCH, str(ROOT / "train.py"), *fast, "algorithm=dash", "filter=on"]
+    done = subprocess.run(args, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    runs = [p.parent for p in (tmp_path / "outputs").rglob("metrics.jsonl")]
+    assert len(runs) == 1 and len(list((tmp_path / "outputs").glob("*/*/*"))) == 1
+    run = runs[0]
+    rows = _metrics(run)
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3]
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [0, 2, 3]
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+    assert (run / "checkpoints" / "step-0000003" / "COMPLETE").exists()
+    state = torch.load(run / "checkpoints" / "step-0000003" / "trainer_state.pt", weights_only=False)
+    assert len(state["rng_per_process"]) == 2 and state["data_position"] == 3 * 4
+    assert done.stdout.count("held-out greedy acc") == 1  # one summary table, from process 0
