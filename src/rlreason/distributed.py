@@ -13,7 +13,13 @@ the identity, so single-process training runs exactly the code it always ran. Un
   process runs the same number of micro-batches (the ones that filtered more rows add empty,
   zero-loss micro-batches), because the synchronising backward is a collective call;
 - metrics are reduced from sums and counts (or by gathering the rows in global order), never
-  as means of per-process means; only process 0 writes files and logs to W&B.
+  as means of per-process means; only process 0 writes files and logs to W&B. ``time/*`` are
+  process 0's wall-clock seconds; ``throughput/*`` are all processes' tokens over them;
+- evaluation: each process generates for a contiguous share of the test problems;
+- per-process settings: ``trainer.micro_batch_size`` (rows per forward on one device),
+  ``algorithm.generation_batch_size`` and ``eval.batch_size``; ``trainer.prompts_per_step`` and
+  ``algorithm.mini_batch_size`` are global, so a run's math does not depend on the process count;
+- sampling seeds differ per process (seed, rank) and are saved per process in checkpoints.
 """
 
 from __future__ import annotations
@@ -184,7 +190,8 @@ class AccelerateParallel(Parallel):
         # DDP: gradients are identical on every process after synchronisation, so is the norm.
         # DeepSpeed clips inside its step (``gradient_clipping`` in its config) and reports the norm.
         norm = self.accelerator.clip_grad_norm_(model.parameters(), max_norm)
-        return float("nan") if norm is None else float(norm)
+        # DeepSpeed has already stepped; a norm it does not report must not count as a non-finite step.
+        return 0.0 if norm is None else float(norm)
 
     def sum(self, values: list[float]) -> list[float]:
         import torch
