@@ -242,7 +242,8 @@ class Trainer:
         step_start = time.perf_counter()
         metrics = self._rl_step(timer, totals) if self.cfg.algorithm.rl else self._sft_step(timer, totals)
         self.step += 1
-        elapsed = time.perf_counter() - step_start
+        # Process 0's clock on every process, so time-based decisions agree across processes.
+        elapsed = self.parallel.broadcast(time.perf_counter() - step_start)
         self.train_seconds += elapsed
         for name, seconds in timer.seconds.items():
             self.phase_totals[name] += seconds
