@@ -135,6 +135,9 @@ class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: Path, parallel: Parallel | None = None):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.parallel = parallel or get_parallel()
+        if cfg.trainer.prompts_per_step % self.parallel.world_size:
+            raise ConfigError(f"trainer.prompts_per_step={cfg.trainer.prompts_per_step} must be a multiple of the "
+                              f"number of processes ({self.parallel.world_size}): each process samples whole groups")
         if cfg.resume and self.parallel.uses_deepspeed:
             raise ConfigError("resume=true is not supported under DeepSpeed (its optimizer state is sharded); use DDP")
         if cfg.threads > 0:
