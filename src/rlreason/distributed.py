@@ -1,8 +1,10 @@
 """Data parallelism over several processes (``accelerate launch``), and its one-process stand-in.
 
 The trainer talks to a ``Parallel``; with one process (plain ``python train.py``) every method is
-the identity, so single-process training runs exactly the code it always ran. Under
-``accelerate launch --num_processes N`` (DDP on CPU/gloo or GPU/NCCL, or DeepSpeed ZeRO-2):
+the identity, so single-process training runs exactly the code it always ran (on a machine with
+CUDA, the policy and reference are moved to the GPU). Under ``accelerate launch`` with one of the
+configs in conf/accelerate/ (DDP on CPU/gloo or GPU/NCCL, or DeepSpeed ZeRO-2; on a CPU, note that
+``accelerate launch --cpu --num_processes N`` starts a single process, use ddp_cpu.yaml):
 
 - each process takes a contiguous 1/N of the step's prompts (whole groups, so advantages are
   computed as on one process), samples and scores them, and back-propagates its own rows;
