@@ -94,3 +94,13 @@ def test_denominator_makes_split_invariant():
     whole, _ = policy_loss(logp, mask, adv, denominator=6)
     halves = sum(policy_loss(logp[s], mask[s], adv[s], denominator=6)[0] for s in (slice(0, 2), slice(2, 6)))
     assert float(whole) == pytest.approx(float(halves), abs=1e-6)
+
+
+def test_pass_at_k_unbiased_estimator_by_hand():
+    from rlreason.rl import pass_at_k
+
+    assert pass_at_k(4, 0, 1) == 0.0 and pass_at_k(4, 4, 2) == 1.0
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 1, 2) == pytest.approx(1 - (3 * 2) / (4 * 3))  # 1 - C(3,2)/C(4,2) = 0.5
+    assert pass_at_k(5, 2, 3) == pytest.approx(1 - 1 / 10)  # C(3,3)/C(5,3) = 1/10
+    assert pass_at_k(3, 2, 2) == 1.0  # fewer wrong samples than k: some draw is always right

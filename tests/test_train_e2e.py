@@ -91,3 +91,17 @@ def test_wandb_offline_history_matches_metrics_file(tmp_path):
     assert info["group"] == "dash-kl_off-filter_on"
     assert "algorithm:dash" in info["tags"]
     assert info["config"]["algorithm"]["name"] == "dash"
+
+
+def test_out_of_distribution_tasks_and_pass_at_k_in_one_run(tmp_path):
+    """Evaluate the training task and an extra task (3-digit addition) with pass@k in the same run."""
+    cfg = compose("debug=true", "logger=none", "+task@eval.tasks.add3=arithmetic", "eval.tasks.add3.digits=3",
+                  "eval.tasks.add3.n_test_problems=16", "eval.samples_per_problem=4", "eval.pass_k=[1,4]")
+    summary = run(cfg, tmp_path)
+    evals = read_metrics(tmp_path, "eval")
+    for row in evals:
+        for key in ("eval/greedy_acc", "eval/pass@1", "eval/pass@4", "eval/add3/greedy_acc", "eval/add3/pass@4"):
+            assert key in row, key
+        assert row["eval/pass@1"] == pytest.approx(row["eval/sampled_acc"])  # unbiased pass@1 = mean accuracy
+        assert row["eval/pass@1"] <= row["eval/pass@4"]
+    assert "final/add3/greedy_acc" in summary

@@ -69,7 +69,7 @@ class TaskConfig:
     dataset_config: Optional[str] = None
     train_split: Optional[str] = "train"
     test_split: str = "test"
-    data_files: Optional[dict[str, str]] = None
+    data_files: dict[str, str] = field(default_factory=dict)
     prompt_template: str = "{problem}"
     chat_template: bool = False
     verify_timeout_s: float = 5.0
@@ -156,6 +156,9 @@ class EvalConfig:
     greedy: bool = True
     sampled: bool = True
     batch_size: int = 256
+    samples_per_problem: int = 1
+    pass_k: list[int] = field(default_factory=list)
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)
 
 
 @dataclass
@@ -223,6 +226,11 @@ def validate(cfg: DictConfig, world_size: int = 1) -> None:
         f"trainer.micro_batch_size={t.micro_batch_size} is larger than the batch "
         f"(prompts_per_step*group_size={rows})",
     )
+    e = cfg.eval
+    need(e.samples_per_problem >= 1, f"eval.samples_per_problem={e.samples_per_problem} must be >= 1")
+    for k in e.pass_k:
+        need(1 <= k <= e.samples_per_problem,
+             f"eval.pass_k has k={k}: k must be between 1 and eval.samples_per_problem={e.samples_per_problem}")
     need(o.lr > 0, f"optim.lr={o.lr} must be > 0")
     need(o.schedule in SCHEDULES, f"optim.schedule={o.schedule!r} must be one of {', '.join(SCHEDULES)}")
     need(o.max_grad_norm > 0, f"optim.max_grad_norm={o.max_grad_norm} must be > 0")

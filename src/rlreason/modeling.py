@@ -98,14 +98,19 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def resolve_model_path(name_or_path: str) -> str:
+    """A local directory or a hub id ("org/name"); a local-looking path that is missing is an error."""
+    path = os.path.expanduser(str(name_or_path))
+    looks_local = path.startswith((".", "/")) or path.count("/") != 1
+    if looks_local and not Path(path).exists():
+        raise ModelError(f"model path {path!r} does not exist")
+    return path
+
+
 def base_model_path(cfg: Any, task: Task) -> str:
     """Where the base model lives: the configured path, or the cached embedded warm start."""
     if cfg.model.name_or_path:
-        path = os.path.expanduser(str(cfg.model.name_or_path))
-        looks_local = path.startswith((".", "/")) or path.count("/") != 1
-        if looks_local and not Path(path).exists():
-            raise ModelError(f"model path {path!r} does not exist")
-        return path
+        return resolve_model_path(cfg.model.name_or_path)
     if task.name != "arithmetic":
         raise ConfigError(f"model={cfg.model.name} is built for task=arithmetic; set model.name_or_path for task={task.name}")
     return str(ensure_warm_start(cfg, task))

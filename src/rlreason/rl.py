@@ -10,6 +10,7 @@ the rows kept instead would scale the step up as more rows are filtered.)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -90,3 +91,11 @@ def policy_loss(
         stats.kl_sum = float((kl.detach() * mask).sum())
     per_sequence = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
     return per_sequence.sum() / denominator, stats
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k),
+    as a product so it stays exact for large n."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))

@@ -35,9 +35,9 @@ from rlreason.checkpoint import latest_checkpoint, load_trainer_state, rng_state
 from rlreason.distributed import Parallel, get_parallel
 from rlreason.errors import ConfigError, TrainingDiverged
 from rlreason.metrics import MetricsWriter, NullWriter, read_metrics
-from rlreason.modeling import load_policy, load_reference, load_tokenizer
+from rlreason.modeling import load_policy, load_reference, load_tokenizer, resolve_model_path
 from rlreason.progress import Progress
-from rlreason.rl import LossStats, gradient_filter, group_advantages, policy_loss, zero_std_groups
+from rlreason.rl import LossStats, gradient_filter, group_advantages, pass_at_k, policy_loss, zero_std_groups
 from rlreason.sampling import Completions, build_sampler
 from rlreason.tasks import Example, build_task
 
@@ -143,8 +143,9 @@ class Trainer:
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
-        hub_tokenizer = load_tokenizer(cfg.model.name_or_path) if cfg.model.name_or_path else None
-        self.task = build_task(cfg.task, tokenizer=hub_tokenizer)
+        hub_tokenizer = load_tokenizer(resolve_model_path(cfg.model.name_or_path)) if cfg.model.name_or_path else None
+        self.task = build_task(cfg.task, tokenizer=hub_tokenizer, sft_source=cfg.sft.source)
+        self.eval_tasks = {name: build_task(task_cfg, tokenizer=hub_tokenizer) for name, task_cfg in cfg.eval.tasks.items()}
         self.policy, self.tokenizer, self.base_path = load_policy(cfg, self.task)
         self.device = next(self.policy.parameters()).device
         a = cfg.algorithm
@@ -460,33 +461,50 @@ class Trainer:
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, step: int) -> dict[str, float]:
-        """Held-out accuracy: greedy, and sampled pass@1 (one sample per prompt at the train temperature)."""
+        """Held-out accuracy on the training task (``eval/...``) and on every ``eval.tasks`` entry
+        (``eval/<name>/...``, e.g. out-of-distribution benchmarks)."""
         start = time.perf_counter()
         examples = self.task.test_examples()
         if self.cfg.task.n_test:
             examples = examples[: self.cfg.task.n_test]
-        examples = self.parallel.shard(examples)  # each process evaluates its share; sums are added up
-        prompts = [e.prompt for e in examples]
-        metrics: dict[str, float] = {}
-        shown: list[tuple[str, str, float]] = []
-        for mode in ("greedy", "sampled"):
-            if not self.cfg.eval[mode]:
-                continue
-            out = (self.sampler.generate(prompts, n=1, greedy=mode == "greedy", batch_size=self.cfg.eval.batch_size)
-                   if prompts else Completions([], [], [], []))
-            scores = [self.task.score(t, e) for t, e in zip(out.texts, examples)]
-            n, correct, length, finished = self.parallel.sum(
-                [len(scores), sum(scores), sum(len(c) for c in out.completion_ids), sum(out.finished)]
-            )
-            metrics[f"eval/{mode}_acc"] = correct / n
-            metrics[f"eval/{mode}_mean_length"] = length / n
-            metrics[f"eval/{mode}_truncated_frac"] = 1.0 - finished / n
-            if mode == "sampled" or not shown:
-                shown = list(zip(prompts, out.texts, scores))[: self.cfg.logger.log_completions]
+        metrics, shown = self._evaluate_task("eval", self.task, examples)
+        for name, task in self.eval_tasks.items():
+            extra, _ = self._evaluate_task(f"eval/{name}", task, task.test_examples())
+            metrics.update(extra)
         metrics["eval/time_s"] = time.perf_counter() - start
         self.writer.log("eval", step, metrics)
         self.writer.log_completions(step, shown)
         return metrics
+
+    def _evaluate_task(self, prefix: str, task: Any, examples: list[Example]) -> tuple[dict[str, float], list]:
+        """Greedy accuracy; sampled pass@1 over ``eval.samples_per_problem`` samples per problem at the
+        train temperature, and unbiased pass@k for each k in ``eval.pass_k``."""
+        e = self.cfg.eval
+        examples = self.parallel.shard(examples)  # each process evaluates its share; sums are added up
+        prompts = [ex.prompt for ex in examples]
+        metrics: dict[str, float] = {}
+        shown: list[tuple[str, str, float]] = []
+        for mode in ("greedy", "sampled"):
+            if not e[mode]:
+                continue
+            n = 1 if mode == "greedy" else e.samples_per_problem
+            out = (self.sampler.generate(prompts, n=n, greedy=mode == "greedy", batch_size=e.batch_size)
+                   if prompts else Completions([], [], [], []))
+            scores = [task.score(text, examples[i // n]) for i, text in enumerate(out.texts)]
+            correct_per_problem = [sum(scores[i * n : (i + 1) * n]) for i in range(len(examples))]
+            pass_at = [sum(pass_at_k(n, int(c), k) for c in correct_per_problem) for k in e.pass_k] if n > 1 else []
+            total, correct, length, finished, problems, *pass_sums = self.parallel.sum(
+                [len(scores), sum(scores), sum(len(c) for c in out.completion_ids), sum(out.finished), len(examples), *pass_at]
+            )
+            metrics[f"{prefix}/{mode}_acc"] = correct / total
+            metrics[f"{prefix}/{mode}_mean_length"] = length / total
+            metrics[f"{prefix}/{mode}_truncated_frac"] = 1.0 - finished / total
+            for k, value in zip(e.pass_k if n > 1 else [], pass_sums):
+                metrics[f"{prefix}/pass@{k}"] = value / problems
+            if mode == "sampled" or not shown:
+                shown = list(zip([examples[i // n].prompt for i in range(len(out))], out.texts, scores))
+                shown = shown[: self.cfg.logger.log_completions]
+        return metrics, shown
 
     # ---------------------------------------------------------------- state
     def trainer_state(self) -> dict[str, Any]:

@@ -50,11 +50,13 @@ class Task(ABC):
         return [self.train_example(start + i) for i in range(n)]
 
     def sft_target(self, example: Example, source: str) -> str:
-        """The completion SFT trains on: the reference solution or the teacher's demonstration."""
+        """The completion SFT trains on: the reference solution, or (``teacher`` or a traces file)
+        the demonstration."""
         if source == "reference":
             return example.reference_solution
-        if source == "teacher":
-            if example.demonstration is None:
-                raise ConfigError(f"task {self.name} has no teacher demonstrations; use sft.source=reference")
-            return example.demonstration
-        raise ConfigError(f"unknown sft source {source!r} (expected reference or teacher)")
+        if example.demonstration is None:
+            raise ConfigError(
+                f"sft.source={source}: task {self.name} has no demonstration for {example.prompt[:40]!r}; "
+                "use sft.source=reference or a JSONL of traces (fields problem, completion)"
+            )
+        return example.demonstration

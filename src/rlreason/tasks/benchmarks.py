@@ -183,6 +183,11 @@ class BenchmarkTask(Task):
         self._no_train_reason = (
             "task.train_split is null" if train_split is None else f"task.data_files has no '{train_split}' entry"
         )
+        if self._train is not None and self.demonstrations:
+            # SFT on a stronger model's traces (SFT-M) trains on the problems those traces solve.
+            self._train = [record for record in self._train if record.problem in self.demonstrations]
+            if not self._train:
+                raise DataError(f"task {name}: no train problem has a trace in the SFT traces file")
         test = source.load(test_split)
         if not test:
             raise DataError(f"task {name}: the test split '{test_split}' has no rows")
@@ -292,7 +297,7 @@ class _Hub:
         return records
 
 
-def build_benchmark_task(cfg_task: Any, tokenizer: Any = None) -> BenchmarkTask:
+def build_benchmark_task(cfg_task: Any, tokenizer: Any = None, demonstrations: Mapping[str, str] | None = None) -> BenchmarkTask:
     """The BenchmarkTask a ``task=`` config describes (a DictConfig or any object with TaskConfig's fields)."""
     data_files = cfg_task.data_files
     return BenchmarkTask(
@@ -308,4 +313,5 @@ def build_benchmark_task(cfg_task: Any, tokenizer: Any = None) -> BenchmarkTask:
         seed=cfg_task.seed,
         n_test=cfg_task.n_test,
         verify_timeout_s=cfg_task.verify_timeout_s,
+        demonstrations=demonstrations,
     )
