@@ -314,7 +314,7 @@ def test_sft_traces_become_demonstrations(tmp_path: Path) -> None:
     without, with_trace = task.test_examples()
     assert task.sft_target(without, "reference") == "It is $\\boxed{1}$."
     assert task.sft_target(with_trace, "teacher") == "1+1=2, \\boxed{2}"
-    with pytest.raises(ConfigError, match="no teacher demonstrations"):
+    with pytest.raises(ConfigError, match="has no demonstration for"):
         task.sft_target(without, "teacher")
 
 
