@@ -131,6 +131,7 @@ class TrainerConfig:
     group_size: int = 8
     micro_batch_size: int = 8
     max_nonfinite_steps: int = 5
+    max_train_seconds: Optional[float] = None
 
 
 @dataclass
@@ -219,6 +220,10 @@ def validate(cfg: DictConfig, world_size: int = 1) -> None:
         t.prompts_per_step % world_size == 0,
         f"trainer.prompts_per_step={t.prompts_per_step} must be a multiple of the number of processes ({world_size}): "
         "each process samples whole groups",
+    )
+    need(
+        t.max_train_seconds is None or t.max_train_seconds > 0,
+        f"trainer.max_train_seconds={t.max_train_seconds} must be > 0 (or null: no budget)",
     )
     need(t.micro_batch_size >= 1, f"trainer.micro_batch_size={t.micro_batch_size} must be >= 1")
     need(

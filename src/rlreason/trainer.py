@@ -224,11 +224,11 @@ class Trainer:
             if cfg.eval.at_start and self.step == 0:
                 evals[0] = self.evaluate(0)
             with Progress(cfg.trainer.steps, enabled=cfg.logger.progress and self.parallel.is_main, start=self.step) as bar:
-                while self.step < cfg.trainer.steps:
+                while self.step < cfg.trainer.steps and not self.out_of_time:
                     metrics = self.train_step()
                     self.writer.log("train", self.step, metrics)
                     bar.update(self.step, metrics)
-                    last = self.step == cfg.trainer.steps
+                    last = self.step == cfg.trainer.steps or self.out_of_time
                     if (cfg.eval.every and self.step % cfg.eval.every == 0) or last:
                         evals[self.step] = self.evaluate(self.step)
                         bar.note(self.step, evals[self.step])
@@ -240,6 +240,13 @@ class Trainer:
             self.writer.finish(summary)
             self.sampler.close()
         return summary
+
+    @property
+    def out_of_time(self) -> bool:
+        """The training-time budget (trainer.max_train_seconds) is spent: arms compared at equal
+        wall-clock stop here, after the step that crossed it, with a final evaluation."""
+        budget = self.cfg.trainer.max_train_seconds
+        return budget is not None and self.train_seconds >= budget
 
     def train_step(self) -> dict[str, float]:
         timer, totals = PhaseTimer(), StepTotals()
