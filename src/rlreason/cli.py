@@ -2,7 +2,10 @@
 
 A user error (bad config value, data file, model path, diverged loss) is printed as one line,
 the run directory keeps what was finished (metrics, checkpoints) plus an ``error.txt``, and in a
-multirun the other jobs go on.
+multirun the other jobs go on. Any other exception (a bug, out of memory) is recorded the same way,
+with its traceback; a single run then re-raises it, a multirun job returns so that every launcher
+(basic, joblib, submitit) runs the remaining jobs. The sweep's failures are then reported at its
+end, with a non-zero exit status, by ``rlreason.sweep_status.SweepStatus``.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +62,14 @@ def run_and_report(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | No
         if multirun:
             return None
         sys.exit(2)
+    except Exception as exc:
+        log.exception("run failed")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        _mark_failed(run_dir, f"{type(exc).__name__}: {exc}")
+        if multirun:
+            return None
+        raise
     from rlreason.progress import print_summary
 
     if main_process:
