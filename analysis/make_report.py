@@ -1,0 +1,87 @@
+"""Execute the analysis notebooks headlessly on a sweep and collect a report folder.
+
+    python analysis/make_report.py [SWEEP_DIR] [--report REPORT_DIR]
+
+SWEEP_DIR: a sweep, or a folder of sweeps (one ``make sweep``); default: the newest folder of
+multirun/. The report (default reports/<name of SWEEP_DIR>/) gets tables/ (CSV and markdown),
+figures/ (PNG), the executed notebooks and a README.md that shows them all. ``make analysis``
+runs this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+ANALYSIS_DIR = Path(__file__).resolve().parent
+ROOT = ANALYSIS_DIR.parent
+NOTEBOOKS = ("accuracy.ipynb", "response_length.ipynb", "wall_clock.ipynb")
+sys.path.insert(0, str(ANALYSIS_DIR))
+
+import rlreason_analysis as ra  # noqa: E402
+
+
+def make_report(sweep_dir: Path | str | None = None, report_dir: Path | str | None = None, timeout_s: int = 600) -> Path:
+    """Run every notebook on ``sweep_dir`` with the repository root as working directory; returns
+    the report folder. A failing cell raises (nbclient's CellExecutionError), naming the cell."""
+    sweep_dir = Path(sweep_dir) if sweep_dir else ra.latest_sweep(ROOT / "multirun")
+    if not ra.find_sweeps(sweep_dir):
+        raise FileNotFoundError(f"no sweep (multirun.yaml) under {sweep_dir}")
+    report_dir = Path(report_dir) if report_dir else ROOT / "reports" / sweep_dir.resolve().name
+    (report_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    env = {
+        "RLREASON_SWEEP_DIR": str(Path(sweep_dir).resolve()),
+        "RLREASON_REPORT_DIR": str(report_dir.resolve()),
+        # This checkout's rlreason first (the W&B reader, the config resolver), also from a worktree.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])),
+        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits this process's environment
+    try:
+        for name in NOTEBOOKS:
+            notebook = nbformat.read(ANALYSIS_DIR / name, as_version=4)
+            print(f"running {name} on {sweep_dir}", file=sys.stderr)
+            NotebookClient(notebook, timeout=timeout_s, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+            nbformat.write(notebook, report_dir / "notebooks" / name)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    _write_index(Path(sweep_dir), report_dir)
+    return report_dir
+
+
+def _write_index(sweep_dir: Path, report_dir: Path) -> None:
+    """README.md: every table (markdown) and figure of the report, sweep by sweep."""
+    lines = [f"# Report: {sweep_dir}", "", "Mean ± std over seeds; the CSV files next to each table hold the numbers.", ""]
+    tables = sorted((report_dir / "tables").glob("*.md"))
+    figures = sorted((report_dir / "figures").glob("*.png"))
+    for table in tables:
+        if "_curve_" in table.name or "_length_by_" in table.name:
+            continue  # long per-step tables: CSV for plotting, not for reading
+        lines += [f"## {table.stem}", "", table.read_text(), f"CSV: [tables/{table.stem}.csv](tables/{table.stem}.csv)", ""]
+    for figure in figures:
+        lines += [f"## {figure.stem}", "", f"![{figure.stem}](figures/{figure.name})", ""]
+    lines += ["Executed notebooks: " + ", ".join(f"[{n}](notebooks/{n})" for n in NOTEBOOKS), ""]
+    (report_dir / "README.md").write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep_dir", nargs="?", help="a sweep or a folder of sweeps (default: newest in multirun/)")
+    parser.add_argument("--report", help="report folder (default: reports/<sweep folder name>/)")
+    args = parser.parse_args()
+    report = make_report(args.sweep_dir, args.report)
+    print(f"report: {report}/README.md")
+
+
+if __name__ == "__main__":
+    main()
