@@ -16,6 +16,13 @@ QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 # Extra arguments for train.py / pytest, e.g. make train ARGS="algorithm=grpo kl=on".
 ARGS ?=
 PYTEST_ARGS ?=
+# The paper's results, one Hydra sweep each (conf/experiment/*.yaml); make sweep EXPERIMENT=name runs one.
+EXPERIMENTS := $(sort $(basename $(notdir $(wildcard conf/experiment/*.yaml))))
+EXPERIMENT ?= $(EXPERIMENTS)
+# One `make sweep` writes every experiment under one folder: multirun/<start time>/<experiment>/<job>/.
+SWEEP_DIR ?= multirun/$(shell date +%Y-%m-%d_%H-%M-%S)
+# The sweep `make analysis` reports on (default: the newest folder of multirun/).
+SWEEP ?=
 
 help: ## List the targets.
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -37,7 +44,19 @@ train: $(STAMP) ## Train the embedded default (DASH, KL off, filtering on) on th
 test: $(STAMP) ## Run the test suite (a few minutes on 2 cores).
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-clean: ## Remove run outputs (keeps .venv and the cached base models).
-	rm -rf outputs multirun wandb
+sweep: $(STAMP) ## Run the paper's experiments (EXPERIMENT=name for one) on the embedded default; ARGS="debug=true hydra/launcher=local_joblib model=... task=...".
+	@failed=""; for experiment in $(EXPERIMENT); do \
+		echo "== $$experiment -> $(SWEEP_DIR)/$$experiment"; \
+		$(PY) train.py --multirun experiment=$$experiment hydra.sweep.dir=$(SWEEP_DIR)/$$experiment $(ARGS) \
+			|| failed="$$failed $$experiment"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "sweep $(SWEEP_DIR): failed jobs in:$$failed (error.txt in their run folders)"; exit 1; fi; \
+	echo "sweep $(SWEEP_DIR): done; make analysis SWEEP=$(SWEEP_DIR) for the report"
 
-.PHONY: help install train test clean
+analysis: $(STAMP) ## Execute the notebooks (analysis/) on the newest sweep (or SWEEP=dir) into reports/<sweep>/: tables (md, csv), figures (png).
+	$(PY) analysis/make_report.py $(SWEEP)
+
+clean: ## Remove run outputs (keeps .venv and the cached base models).
+	rm -rf outputs multirun wandb reports
+
+.PHONY: help install train test sweep analysis clean

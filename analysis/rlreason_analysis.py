@@ -219,6 +219,8 @@ def _curve_rows(run: str, rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, 
     for row in rows:
         for metric, value in row.items():
             if metric in ("kind", "step") or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue  # W&B media (completion tables) and nulls (non-finite values in metrics.jsonl)
+            if math.isnan(value):
                 continue
             yield {
                 "run": run,
@@ -521,7 +523,6 @@ def load_wandb_runs(runs: Iterable[Any], name: str, path: str = "") -> Sweep:
         summary = {k: v for k, v in dict(run.summary).items() if not k.startswith("_")}
         summary = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, type(None)))}
         run_name = f"{run.name} ({run.id})" if getattr(run, "name", None) else run.id
-        rows.append(_run_row(run_name, config, {"status": "incomplete", **summary}, order=order))
         metric_rows = []
         for record in run.scan_history():
             step = record.get("_step")
@@ -532,5 +533,12 @@ def load_wandb_runs(runs: Iterable[Any], name: str, path: str = "") -> Sweep:
                 metric_rows.append({"kind": "train", "step": step, **train})
             if evals:
                 metric_rows.append({"kind": "eval", "step": step, **evals})
+        # W&B's summary also takes each step's time/<phase>_s (the same names as the run's phase
+        # totals), so whichever was written last wins there: the totals are rebuilt from the history.
+        for phase in PHASES:
+            steps = [r[f"time/{phase}_s"] for r in metric_rows if r["kind"] == "train" and r.get(f"time/{phase}_s") is not None]
+            if steps:
+                summary[f"time/{phase}_s"] = sum(steps)
+        rows.append(_run_row(run_name, config, {"status": "incomplete", **summary}, order=order))
         curves.extend(_curve_rows(run_name, metric_rows))
     return Sweep(name=name, path=path, runs=_runs_frame(rows), curves=_curves_frame(curves))

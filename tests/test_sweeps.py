@@ -1,0 +1,295 @@
+"""The paper's experiments as Hydra sweeps, the launchers, and the analysis that reads them back.
+
+Sweeps run for real (Hydra's multirun and launchers, W&B offline, nbclient), on the debug model
+with one thread per job so each job takes well under a second on a busy machine.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+import rlreason_analysis as ra
+from conftest import CONF, ROOT, compose
+from rlreason.cli import run_and_report
+from rlreason.config import validate
+from rlreason.sweep_status import job_statuses
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+ARMS = sorted(p.stem for p in (CONF / "arm").glob("*.yaml"))
+# Each arm file is the paper's method of the same name.
+PAPER_NAME_OF_ARM = {
+    "sft_reference": "SFT-H",
+    "sft_teacher": "SFT-M",
+    "grpo": "GRPO",
+    "dash_no_filter": "No-GF",
+    "dash": "DASH",
+    "dash_no_kl": "No-KL",
+    "ppo_multi": "PPO-Multi",
+    "ppo_mini": "PPO-Mini",
+}
+# Debug runs shrunk further: one thread (fast on a shared machine), a tiny test split, short answers.
+TINY = [
+    "debug=true", "threads=1", "logger=none", "logger.progress=false", "task.n_test_problems=4",
+    "task.max_completion_tokens=8", "checkpoint.save_final=false",
+]
+
+
+def multirun(*overrides: str) -> int:
+    """``python train.py --multirun OVERRIDES``, run in this process (torch is imported once for
+    all the sweeps of the session); returns the exit status."""
+    argv = sys.argv
+    sys.argv = [str(ROOT / "train.py"), "--multirun", *overrides]
+    try:
+        runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+        return 0
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = argv
+
+
+def sweep_params(experiment: str) -> dict[str, list[str]]:
+    """The experiment file's sweep: parameter -> its values."""
+    params = yaml.safe_load((CONF / "experiment" / f"{experiment}.yaml").read_text())["hydra"]["sweeper"]["params"]
+    return {key: str(values).split(",") for key, values in params.items()}
+
+
+# ---------------------------------------------------------------- experiment files
+def test_every_arm_is_the_papers_method_of_its_name():
+    assert ARMS == sorted(PAPER_NAME_OF_ARM)
+    for arm in ARMS:
+        cfg = compose(f"arm={arm}")
+        run = {"algorithm": cfg.algorithm.name, "kl": cfg.kl.name, "filter": cfg.filter.name,
+               "sft_source": None if cfg.algorithm.rl else cfg.sft.source}
+        assert ra.paper_method(run) == PAPER_NAME_OF_ARM[arm], arm
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_jobs_compose_on_the_embedded_and_the_real_setting(experiment):
+    params = sweep_params(experiment)
+    assert len(params.pop("seed")) >= 3, "compare arms over several seeds"
+    (axis, values), = params.items()  # one axis compared per experiment
+    assert len(values) >= 2
+    for value, setting in itertools.product(values, ([], ["model=qwen2.5-0.5b", "task=math"])):
+        cfg = compose(f"experiment={experiment}", f"{axis}={value}", *setting)  # debug=true: the smoke test below
+        validate(cfg)
+        if setting:
+            assert (cfg.model.name, cfg.task.name) == ("qwen2.5-0.5b", "math")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_smoke_multirun(experiment, tmp_path):
+    """Every job of the experiment's sweep runs (one seed, one step) and records its arm."""
+    code = multirun(f"experiment={experiment}", f"hydra.sweep.dir={tmp_path}", "seed=0", "trainer.steps=1",
+                    "eval.at_start=false", "eval.sampled=false", *TINY)
+    assert code == 0
+    sweep = ra.load_sweep(tmp_path)
+    params = sweep_params(experiment)
+    params.pop("seed")
+    (axis, values), = params.items()
+    assert sweep.name == experiment
+    assert len(sweep.runs) == len(values) and (sweep.runs["status"] == "completed").all()
+    if axis == "arm":
+        assert list(sweep.runs["paper_method"]) == [PAPER_NAME_OF_ARM[v] for v in values]
+    else:
+        assert sorted(sweep.runs["generation_batch_size"]) == sorted(int(v) for v in values)
+
+
+# ---------------------------------------------------------------- failures and launchers
+def test_a_crashing_job_is_recorded_and_only_a_single_run_reraises(tmp_path, monkeypatch):
+    def crash(cfg, run_dir):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("rlreason.cli.run", crash)
+    assert run_and_report(None, tmp_path / "job", multirun=True) is None
+    summary = json.loads((tmp_path / "job" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"] == "RuntimeError: boom"
+    assert "Traceback" in (tmp_path / "job" / "error.txt").read_text()
+    with pytest.raises(RuntimeError, match="boom"):
+        run_and_report(None, tmp_path / "single", multirun=False)
+    assert json.loads((tmp_path / "single" / "summary.json").read_text())["status"] == "failed"
+
+
+def test_job_statuses_count_a_job_without_summary_as_incomplete(tmp_path):
+    for name, summary in [("0", {"status": "completed"}), ("1", {"status": "failed", "error": "x"}), ("2", None)]:
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        if summary:
+            (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+    statuses = job_statuses(tmp_path)
+    assert [s["status"] for s in statuses.values()] == ["completed", "failed", "incomplete"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["local_joblib", "local_submitit"])
+def test_parallel_launchers_finish_the_sweep_and_report_the_failed_job(launcher, tmp_path):
+    """A job with a bad value fails; the other still runs; the sweep exits 1 naming the failure."""
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--multirun", f"hydra/launcher={launcher}", f"hydra.sweep.dir={tmp_path}",
+         "optim.lr=-1,5e-5", "trainer.steps=1", "eval.at_start=false", "eval.sampled=false", *TINY],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])},
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "1 of 2 jobs completed" in proc.stderr
+    sweep = ra.load_sweep(tmp_path)
+    assert list(sweep.runs["status"]) == ["failed", "completed"]
+    assert sweep.runs["error"].iloc[0] == "optim.lr=-1.0 must be > 0"
+    if launcher == "local_submitit":
+        assert list((tmp_path / ".submitit").iterdir()), "jobs ran through submitit"
+    else:
+        assert "Joblib.Parallel(n_jobs=2" in proc.stderr + proc.stdout
+
+
+# ---------------------------------------------------------------- a small real sweep, analysed
+BUDGET_S = 0.5
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory):
+    """Two real sweeps under one folder, as `make sweep` lays them out, and the report on them.
+
+    kl: DASH with KL on and off, 2 seeds, stopped by a 0.5 s training budget, logged to W&B
+    offline; plus GRPO, whose jobs fail (micro-batch not a multiple of the group).
+    generation_batch_size: the experiment file with two batch sizes, one seed.
+    """
+    root = tmp_path_factory.mktemp("multirun")
+    code = multirun(
+        "arm=dash,dash_no_kl,grpo", "seed=0,1", f"hydra.sweep.dir={root / 'kl'}", "trainer.steps=1000",
+        f"trainer.max_train_seconds={BUDGET_S}", "eval.every=3", "trainer.micro_batch_size=6", *TINY, "logger=wandb",
+    )
+    assert code == 1, "the GRPO jobs fail, so the sweep must say so"
+    code = multirun(
+        "experiment=generation_batch_size", "algorithm.generation_batch_size=4,16", "seed=0",
+        f"hydra.sweep.dir={root / 'gbs'}", "trainer.steps=3", *TINY,
+    )
+    assert code == 0
+    from make_report import make_report
+
+    report = make_report(root, tmp_path_factory.mktemp("report"))
+    return root, report
+
+
+def _runs_from_files(sweep_dir: Path) -> pd.DataFrame:
+    """Each run's config.yaml and summary.json read directly: the reference the tables must match."""
+    rows = []
+    for summary_path in sweep_dir.glob("*/summary.json"):
+        config_path = summary_path.parent / "config.yaml"
+        config = yaml.safe_load(config_path.read_text()) if config_path.exists() else None
+        summary = json.loads(summary_path.read_text())
+        rows.append({"run_dir": summary_path.parent, "kl": config and config["kl"]["name"],
+                     "algorithm": config and config["algorithm"]["name"], **summary})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.slow
+def test_accuracy_table_is_the_mean_over_seeds_of_the_runs_summaries(sweeps):
+    root, report = sweeps
+    table = pd.read_csv(report / "tables" / "kl_accuracy.csv")
+    runs = _runs_from_files(root / "kl")
+    done = runs[runs["status"] == "completed"]
+    assert list(table["paper_method"]) == ["Base", "DASH", "No-KL", "GRPO"]
+    assert list(table["n_seeds"]) == [2, 2, 2, 0] and list(table["n_failed"]) == [0, 0, 0, 2]
+    for kl, method in (("on", "DASH"), ("off", "No-KL")):
+        row = table[table["paper_method"] == method].iloc[0]
+        mine = done[done["kl"] == kl]
+        for metric in ("final/greedy_acc", "final/sampled_acc"):
+            assert row[f"{metric} mean"] == pytest.approx(mine[metric].mean())
+            assert row[f"{metric} std"] == pytest.approx(mine[metric].std(ddof=1), nan_ok=True)
+    base = table.iloc[0]
+    assert base["final/greedy_acc mean"] == pytest.approx(done.groupby("seed")["base/greedy_acc"].mean().mean())
+    assert math.isnan(table.iloc[3]["final/greedy_acc mean"])  # GRPO: no completed run, no number
+    assert table["paper final/greedy_acc"].isna().all()  # the tiny model is not the paper's setting
+    assert (report / "tables" / "kl_paper_reference.csv").exists()
+    assert "±" in (report / "tables" / "kl_accuracy.md").read_text()
+
+
+@pytest.mark.slow
+def test_time_budget_stops_every_run_with_a_final_evaluation(sweeps):
+    root, _ = sweeps
+    done = _runs_from_files(root / "kl").query("status == 'completed'")
+    assert len(done) == 4
+    for _, run in done.iterrows():
+        assert run["steps"] < 1000 and run["train_time_s"] >= BUDGET_S
+        evals = [json.loads(l) for l in (run["run_dir"] / "metrics.jsonl").read_text().splitlines()]
+        assert max(r["step"] for r in evals if r["kind"] == "eval") == run["steps"]
+
+
+@pytest.mark.slow
+def test_time_and_length_tables_and_figures(sweeps):
+    root, report = sweeps
+    done = _runs_from_files(root / "kl").query("status == 'completed'")
+    time_table = pd.read_csv(report / "tables" / "kl_time.csv").set_index("paper_method")
+    lengths = pd.read_csv(report / "tables" / "kl_length.csv").set_index("paper_method")
+    for kl, method in (("on", "DASH"), ("off", "No-KL")):
+        mine = done[done["kl"] == kl]
+        assert time_table.loc[method, "train_time_s mean"] == pytest.approx(mine["train_time_s"].mean())
+        assert time_table.loc[method, "time/sampling_s mean"] == pytest.approx(mine["time/sampling_s"].mean())
+        phases = [f"time/{p}_s mean" for p in (*ra.PHASES, "other")]
+        assert time_table.loc[method, phases].sum() == pytest.approx(time_table.loc[method, "train_time_s mean"])
+        assert lengths.loc[method, "final/sampled_mean_length mean"] == pytest.approx(mine["final/sampled_mean_length"].mean())
+    by_kl = pd.read_csv(report / "tables" / "kl_length_by_kl_completions_mean_length.csv")
+    assert set(by_kl["kl"]) == {"on", "off"}
+    for name in ("kl_curves", "kl_length", "kl_time_split", "generation_batch_size_throughput"):
+        png = (report / "figures" / f"{name}.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 5000, name
+    index = (report / "README.md").read_text()
+    assert "kl_accuracy" in index and "figures/kl_time_split.png" in index
+
+
+@pytest.mark.slow
+def test_throughput_table_is_the_mean_over_steps_after_the_first(sweeps):
+    root, report = sweeps
+    table = pd.read_csv(report / "tables" / "generation_batch_size_throughput.csv")
+    assert list(table["generation_batch_size"]) == [4, 16] and list(table["n_seeds"]) == [1, 1]
+    for run_dir in (root / "gbs").glob("*/config.yaml"):
+        size = yaml.safe_load(run_dir.read_text())["algorithm"]["generation_batch_size"]
+        rows = [json.loads(l) for l in (run_dir.parent / "metrics.jsonl").read_text().splitlines()]
+        steady = [r["throughput/sampling_tok_s"] for r in rows if r["kind"] == "train" and r["step"] > 1]
+        row = table[table["generation_batch_size"] == size].iloc[0]
+        assert row["throughput/sampling_tok_s mean"] == pytest.approx(sum(steady) / len(steady))
+
+
+@pytest.mark.slow
+def test_wandb_loader_reads_the_same_runs_as_the_sweep_folder(sweeps, monkeypatch):
+    root, _ = sweeps
+    keys = ["algorithm", "kl", "filter", "seed"]  # the arm labels differ: W&B never saw the failed GRPO jobs
+    local_sweep = ra.load_sweep(root / "kl")
+    local = local_sweep.completed.set_index(keys).sort_index()
+    offline = ra.load_wandb_offline(root / "kl")
+    runs = offline.runs.set_index(keys).sort_index()
+    assert list(runs.index) == list(local.index)
+    assert (runs["status"] == "completed").all()
+    for column in ("final/greedy_acc", "final/sampled_mean_length", "train_time_s", "time/sampling_s", "steps"):
+        assert list(runs[column]) == pytest.approx(list(local[column]))
+
+    def by_axes(sweep):
+        curves = sweep.curves.merge(sweep.runs[["run", *keys]], on="run").drop(columns="run")
+        return curves.sort_values([*keys, "kind", "step", "metric"]).reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(by_axes(offline), by_axes(local_sweep))
+
+    calls = []
+
+    class FakeApi:  # wandb.Api answering with the offline runs, to check the project loader's plumbing
+        def runs(self, path, filters):
+            calls.append((path, filters))
+            return [ra.OfflineRun(f) for f in sorted((root / "kl").glob("**/run-*.wandb"))]
+
+    import wandb
+
+    monkeypatch.setattr(wandb, "Api", FakeApi)
+    project = ra.load_wandb_project("rlreason", entity="me", filters={"tags": "kl:on"})
+    assert calls == [("me/rlreason", {"tags": "kl:on"})]
+    assert len(project.runs) == 4
