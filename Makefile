@@ -50,7 +50,7 @@ sweep: $(STAMP) ## Run the paper's experiments (EXPERIMENT=name for one) on the 
 		$(PY) train.py --multirun experiment=$$experiment hydra.sweep.dir=$(SWEEP_DIR)/$$experiment $(ARGS) \
 			|| failed="$$failed $$experiment"; \
 	done; \
-	if [ -n "$$failed" ]; then echo "sweep $(SWEEP_DIR): failed jobs in:$$failed (error.txt in their run folders)"; exit 1; fi; \
+	if [ -n "$$failed" ]; then echo "sweep $(SWEEP_DIR): not every job completed in:$$failed (see above)"; exit 1; fi; \
 	echo "sweep $(SWEEP_DIR): done; make analysis SWEEP=$(SWEEP_DIR) for the report"
 
 analysis: $(STAMP) ## Execute the notebooks (analysis/) on the newest sweep (or SWEEP=dir) into reports/<sweep>/: tables (md, csv), figures (png).
