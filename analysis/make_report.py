@@ -79,7 +79,10 @@ def main() -> None:
     parser.add_argument("sweep_dir", nargs="?", help="a sweep or a folder of sweeps (default: newest in multirun/)")
     parser.add_argument("--report", help="report folder (default: reports/<sweep folder name>/)")
     args = parser.parse_args()
-    report = make_report(args.sweep_dir, args.report)
+    try:
+        report = make_report(args.sweep_dir, args.report)
+    except FileNotFoundError as exc:  # no sweep yet: one line, not a traceback
+        sys.exit(f"error: {exc}")
     print(f"report: {report}/README.md")
 
 
