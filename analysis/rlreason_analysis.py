@@ -349,6 +349,9 @@ def time_table(sweep: Sweep) -> pd.DataFrame:
     for column in phase_columns:
         if column not in runs:
             runs[column] = 0.0
+    for column in ("train_time_s", "steps"):
+        if column not in runs:
+            runs[column] = math.nan
     runs["time/other_s"] = runs["train_time_s"] - runs[phase_columns].sum(axis=1)
     runs["s_per_step"] = runs["train_time_s"] / runs["steps"].where(runs["steps"] > 0)
     columns = ["train_time_s", *phase_columns, "time/other_s", "steps", "s_per_step"]

@@ -293,3 +293,42 @@ def test_wandb_loader_reads_the_same_runs_as_the_sweep_folder(sweeps, monkeypatc
     project = ra.load_wandb_project("rlreason", entity="me", filters={"tags": "kl:on"})
     assert calls == [("me/rlreason", {"tags": "kl:on"})]
     assert len(project.runs) == 4
+
+
+# ---------------------------------------------------------------- tables on hand-made runs
+def _fake_run(folder: Path, kl: str, seed: int, status: str, acc: float, base: float, model: str = "qwen2.5-0.5b") -> None:
+    (folder / ".hydra").mkdir(parents=True)
+    config = {"algorithm": {"name": "dash", "rl": True, "generation_batch_size": None}, "kl": {"name": kl},
+              "filter": {"name": "on"}, "sft": {"source": "teacher"}, "trainer": {"max_train_seconds": None},
+              "task": {"name": "math"}, "model": {"name": model}, "seed": seed}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    summary = {"status": status, "final/greedy_acc": acc, "base/greedy_acc": base, "train_time_s": 3600.0 * (seed + 1)}
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+def test_tables_on_hand_made_runs_mean_std_base_and_paper_numbers(tmp_path):
+    """Known numbers: a failed run's value stays out of the means; std over seeds is the sample std;
+    the base row averages per seed first; the paper's 0.5B MATH-500 numbers sit beside ours."""
+    accuracy = {("on", 0): 0.2, ("on", 1): 0.3, ("on", 2): 0.7, ("off", 0): 0.4, ("off", 1): 0.5}
+    base = {0: 0.1, 1: 0.2, 2: 0.3}
+    for i, ((kl, seed), acc) in enumerate(accuracy.items()):
+        _fake_run(tmp_path / str(i), kl, seed, "completed", acc, base[seed])
+    _fake_run(tmp_path / "9", "off", 2, "failed", 0.99, 0.99)
+    sweep = ra.load_sweep(tmp_path)
+    assert sweep.arm_axes == ["kl"]
+    table = ra.paper_beside(ra.accuracy_table(sweep), sweep).set_index("paper_method")
+    assert list(table.index) == ["Base", "DASH", "No-KL"]
+    assert table.loc["DASH", "final/greedy_acc mean"] == pytest.approx(0.4)
+    assert table.loc["DASH", "final/greedy_acc std"] == pytest.approx(pd.Series([0.2, 0.3, 0.7]).std(ddof=1))
+    assert table.loc["No-KL", "final/greedy_acc mean"] == pytest.approx(0.45)
+    assert (table.loc["No-KL", "n_seeds"], table.loc["No-KL", "n_failed"]) == (2, 1)
+    assert table.loc["Base", "final/greedy_acc mean"] == pytest.approx(0.2)  # seeds 0..2: 0.1, 0.2, 0.3
+    assert table.loc["Base", "n_seeds"] == 3
+    assert table.loc["DASH", "paper final/greedy_acc"] == pytest.approx(0.272)
+    assert table.loc["No-KL", "paper final/greedy_acc"] == pytest.approx(0.314)
+    assert table.loc["Base", "paper final/greedy_acc"] == pytest.approx(0.226)
+    times = ra.paper_beside(ra.time_table(sweep), sweep).set_index("paper_method")
+    assert times.loc["DASH", "train_time_s mean"] == pytest.approx(7200.0)
+    assert times.loc["DASH", "paper train_time_s"] == pytest.approx(6.6 * 3600)
+    _fake_run(tmp_path / "10", "on", 3, "completed", 0.5, 0.5, model="tiny")  # a mixed setting: no paper numbers
+    assert ra.paper_beside(ra.accuracy_table(ra.load_sweep(tmp_path)), ra.load_sweep(tmp_path))["paper final/greedy_acc"].isna().all()
