@@ -487,17 +487,12 @@ class OfflineRun:
 
         info = read_run_info(path)
         self.id, self.name, self.group = info["id"], info["name"], info["group"]
-        self.config = {k: _unwrap(v) for k, v in info["config"].items()}
+        self.config = info["config"]
         self.summary = info["summary"]
         self._history = read_history(path)
 
     def scan_history(self) -> Iterator[dict[str, Any]]:
         return iter(self._history)
-
-
-def _unwrap(value: Any) -> Any:
-    """Config entries as W&B files store them ({"value": ..., "desc": ...}) to plain values."""
-    return value["value"] if isinstance(value, dict) and set(value) <= {"value", "desc"} and "value" in value else value
 
 
 def load_wandb_offline(root: Path | str, name: str = "wandb-offline") -> Sweep:
