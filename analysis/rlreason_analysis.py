@@ -33,7 +33,7 @@ AXES = {
     "algorithm": "algorithm.name",
     "kl": "kl.name",
     "filter": "filter.name",
-    "sft_source": "sft.source",  # only for SFT runs (RL runs ignore it: left empty)
+    "sft_source": "sft.source",  # reference | teacher | a traces file; only for SFT runs (RL runs ignore it: left empty)
     "generation_batch_size": "algorithm.generation_batch_size",
     "max_train_seconds": "trainer.max_train_seconds",
     "task": "task.name",
@@ -41,29 +41,30 @@ AXES = {
 }
 # Training-time phases of summary.json (time/<phase>_s), in the order the stacked bars draw them.
 PHASES = ("sampling", "scoring", "reference", "forward_backward", "optimizer")
-# The paper's method name for a point of the ablation space (algorithm, kl, filter, sft source):
-# how its tables label the arms of conf/arm/*.yaml.
+# The paper's method name for a point of the ablation space (algorithm, kl, filter): how its tables
+# label the arms of conf/arm/*.yaml. SFT is SFT-H on reference solutions, SFT-M on anything else
+# (the task's teacher demonstrations, or a stronger model's traces file).
 PAPER_METHODS = {
-    ("sft", None, None, "reference"): "SFT-H",
-    ("sft", None, None, "teacher"): "SFT-M",
-    ("grpo", "on", "off", None): "GRPO",
-    ("dash", "on", "off", None): "No-GF",
-    ("dash", "on", "on", None): "DASH",
-    ("dash", "off", "on", None): "No-KL",
-    ("ppo", "on", "on", None): "PPO-Multi",
-    ("ppo_mini", "on", "on", None): "PPO-Mini",
+    ("grpo", "on", "off"): "GRPO",
+    ("dash", "on", "off"): "No-GF",
+    ("dash", "on", "on"): "DASH",
+    ("dash", "off", "on"): "No-KL",
+    ("ppo", "on", "on"): "PPO-Multi",
+    ("ppo_mini", "on", "on"): "PPO-Mini",
 }
 # Paper tables that name DASH with KL "DASH (KL)".
 PAPER_METHOD_ALIASES = {"DASH (KL)": "DASH"}
-# Our summary number -> the paper's metric, for the setting the paper ran (Qwen2.5 trained on MATH,
-# evaluated on MATH-500 in distribution; an out-of-distribution GSM8K evaluation would be
-# final/gsm8k/greedy_acc). Accuracies are compared in percent, training time in hours.
+# Our summary number -> the paper's metric (and our unit per its unit), for the setting the paper
+# ran: Qwen2.5 trained on MATH, evaluated on MATH-500 and GSM8K, which a run adds as extra
+# evaluation tasks named math500 and gsm8k (+task@eval.tasks.math500=math500
+# +task@eval.tasks.gsm8k=gsm8k). The training task's own test split (final/greedy_acc) is MATH's
+# test set, not MATH-500, so it has no paper number beside it.
 PAPER_METRICS = {
-    "final/greedy_acc": ("math500_acc", 100.0),
-    "final/gsm8k/greedy_acc": ("gsm8k_acc", 100.0),
-    "train_time_s": ("train_time", 1 / 3600),
+    "final/math500/greedy_acc": ("math500_acc", 1 / 100),
+    "final/gsm8k/greedy_acc": ("gsm8k_acc", 1 / 100),
+    "train_time_s": ("train_time", 3600.0),
 }
-PAPER_TASKS = ("math", "math500")
+PAPER_TASKS = ("math",)
 
 
 @dataclass
@@ -87,9 +88,10 @@ class Sweep:
 
 # ---------------------------------------------------------------- finding sweeps
 def find_sweeps(root: Path | str) -> list[Path]:
-    """Every sweep folder (one with Hydra's multirun.yaml) at or under ``root``, sorted."""
-    root = Path(root)
-    return sorted(p.parent for p in root.glob("**/multirun.yaml"))
+    """Every sweep folder (one with Hydra's multirun.yaml) at or under ``root``, sorted. A sweep
+    inside another one (an extra arm run into a sub-folder) is part of the outer one."""
+    found = sorted(p.parent for p in Path(root).glob("**/multirun.yaml"))
+    return [p for p in found if not any(q in p.parents for q in found)]
 
 
 def latest_sweep(multirun_dir: Path | str = "multirun") -> Path:
@@ -251,10 +253,8 @@ def arm_label(run: pd.Series | dict[str, Any], axes: list[str]) -> str:
 def paper_method(run: pd.Series | dict[str, Any]) -> str | None:
     """The paper's name for the run's arm (DASH, No-KL, GRPO, SFT-H, ...), None if it has none."""
     if run["algorithm"] == "sft":
-        key = ("sft", None, None, run.get("sft_source"))
-    else:
-        key = (run["algorithm"], run["kl"], run["filter"], None)
-    return PAPER_METHODS.get(key)
+        return "SFT-H" if run.get("sft_source") == "reference" else "SFT-M"
+    return PAPER_METHODS.get((run["algorithm"], run["kl"], run["filter"]))
 
 
 def _fmt(value: Any) -> str:
@@ -296,9 +296,9 @@ def aggregate(sweep: Sweep, columns: list[str]) -> pd.DataFrame:
 
 def accuracy_columns(runs: pd.DataFrame) -> list[str]:
     """Held-out accuracies at the end of training: the task's own test split first (in
-    distribution, final/greedy_acc and final/sampled_acc), then any other evaluation task
-    (out of distribution, final/<task>/..._acc)."""
-    found = [c for c in runs.columns if re.fullmatch(r"final/(.+/)?(greedy|sampled)_acc", c)]
+    distribution: final/greedy_acc, final/sampled_acc, final/pass@k), then each extra evaluation
+    task (eval.tasks, e.g. out of distribution: final/<task>/...)."""
+    found = [c for c in runs.columns if re.fullmatch(r"final/(.+/)?((greedy|sampled)_acc|pass@\d+)", c)]
     return sorted(found, key=lambda c: (c.count("/"), c))
 
 
@@ -457,7 +457,7 @@ def paper_beside(table: pd.DataFrame, sweep: Sweep) -> pd.DataFrame:
         values = []
         for method in out["paper_method"]:
             hit = results[(results["method"] == method) & (results["metric"] == theirs) & (results["model_size_b"] == size)]
-            values.append(float(hit["value"].iloc[0]) / scale if size is not None and len(hit) else math.nan)
+            values.append(float(hit["value"].iloc[0]) * scale if size is not None and len(hit) else math.nan)
         out.insert(out.columns.get_loc(f"{ours} std") + 1, f"paper {ours}", values)
     return out
 

@@ -237,7 +237,7 @@ def test_accuracy_table_is_the_mean_over_seeds_of_the_runs_summaries(sweeps):
     base = table.iloc[0]
     assert base["final/greedy_acc mean"] == pytest.approx(done.groupby("seed")["base/greedy_acc"].mean().mean())
     assert math.isnan(table.iloc[3]["final/greedy_acc mean"])  # GRPO: no completed run, no number
-    assert table["paper final/greedy_acc"].isna().all()  # the tiny model is not the paper's setting
+    assert not any(table[c].notna().any() for c in table if c.startswith("paper "))  # tiny model: not the paper's setting
     assert (report / "tables" / "kl_paper_reference.csv").exists()
     assert "±" in (report / "tables" / "kl_accuracy.md").read_text()
 
@@ -329,7 +329,8 @@ def _fake_run(folder: Path, kl: str, seed: int, status: str, acc: float, base: f
               "filter": {"name": "on"}, "sft": {"source": "teacher"}, "trainer": {"max_train_seconds": None},
               "task": {"name": "math"}, "model": {"name": model}, "seed": seed}
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
-    summary = {"status": status, "final/greedy_acc": acc, "base/greedy_acc": base, "train_time_s": 3600.0 * (seed + 1)}
+    summary = {"status": status, "final/math500/greedy_acc": acc, "base/math500/greedy_acc": base,
+               "train_time_s": 3600.0 * (seed + 1)}
     (folder / "summary.json").write_text(json.dumps(summary))
 
 
@@ -345,17 +346,29 @@ def test_tables_on_hand_made_runs_mean_std_base_and_paper_numbers(tmp_path):
     assert sweep.arm_axes == ["kl"]
     table = ra.paper_beside(ra.accuracy_table(sweep), sweep).set_index("paper_method")
     assert list(table.index) == ["Base", "DASH", "No-KL"]
-    assert table.loc["DASH", "final/greedy_acc mean"] == pytest.approx(0.4)
-    assert table.loc["DASH", "final/greedy_acc std"] == pytest.approx(pd.Series([0.2, 0.3, 0.7]).std(ddof=1))
-    assert table.loc["No-KL", "final/greedy_acc mean"] == pytest.approx(0.45)
+    assert table.loc["DASH", "final/math500/greedy_acc mean"] == pytest.approx(0.4)
+    assert table.loc["DASH", "final/math500/greedy_acc std"] == pytest.approx(pd.Series([0.2, 0.3, 0.7]).std(ddof=1))
+    assert table.loc["No-KL", "final/math500/greedy_acc mean"] == pytest.approx(0.45)
     assert (table.loc["No-KL", "n_seeds"], table.loc["No-KL", "n_failed"]) == (2, 1)
-    assert table.loc["Base", "final/greedy_acc mean"] == pytest.approx(0.2)  # seeds 0..2: 0.1, 0.2, 0.3
+    assert table.loc["Base", "final/math500/greedy_acc mean"] == pytest.approx(0.2)  # seeds 0..2: 0.1, 0.2, 0.3
     assert table.loc["Base", "n_seeds"] == 3
-    assert table.loc["DASH", "paper final/greedy_acc"] == pytest.approx(0.272)
-    assert table.loc["No-KL", "paper final/greedy_acc"] == pytest.approx(0.314)
-    assert table.loc["Base", "paper final/greedy_acc"] == pytest.approx(0.226)
+    assert table.loc["DASH", "paper final/math500/greedy_acc"] == pytest.approx(0.272)
+    assert table.loc["No-KL", "paper final/math500/greedy_acc"] == pytest.approx(0.314)
+    assert table.loc["Base", "paper final/math500/greedy_acc"] == pytest.approx(0.226)
     times = ra.paper_beside(ra.time_table(sweep), sweep).set_index("paper_method")
     assert times.loc["DASH", "train_time_s mean"] == pytest.approx(7200.0)
     assert times.loc["DASH", "paper train_time_s"] == pytest.approx(6.6 * 3600)
     _fake_run(tmp_path / "10", "on", 3, "completed", 0.5, 0.5, model="tiny")  # a mixed setting: no paper numbers
-    assert ra.paper_beside(ra.accuracy_table(ra.load_sweep(tmp_path)), ra.load_sweep(tmp_path))["paper final/greedy_acc"].isna().all()
+    assert ra.paper_beside(ra.accuracy_table(ra.load_sweep(tmp_path)), ra.load_sweep(tmp_path))["paper final/math500/greedy_acc"].isna().all()
+
+
+def test_a_sweep_run_into_a_sub_folder_of_another_is_part_of_it(tmp_path):
+    """E.g. SFT-M on a traces file, run after the main sweep into <sweep>/sft_m: one sweep, all runs."""
+    (tmp_path / "multirun.yaml").write_text("{}")
+    _fake_run(tmp_path / "0", "on", 0, "completed", 0.2, 0.1)
+    (tmp_path / "extra").mkdir()
+    (tmp_path / "extra" / "multirun.yaml").write_text("{}")
+    _fake_run(tmp_path / "extra" / "0", "off", 0, "completed", 0.3, 0.1)
+    assert ra.find_sweeps(tmp_path) == [tmp_path]
+    assert sorted(ra.load_sweep(tmp_path).runs["paper_method"]) == ["DASH", "No-KL"]
+    assert ra.paper_method({"algorithm": "sft", "sft_source": "traces.jsonl"}) == "SFT-M"
