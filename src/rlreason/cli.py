@@ -64,9 +64,10 @@ def run_and_report(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | No
         sys.exit(2)
     except Exception as exc:
         log.exception("run failed")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "error.txt").write_text(traceback.format_exc())
-        _mark_failed(run_dir, f"{type(exc).__name__}: {exc}")
+        if main_process:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "error.txt").write_text(traceback.format_exc())
+            _mark_failed(run_dir, f"{type(exc).__name__}: {exc}")
         if multirun:
             return None
         raise
