@@ -14,7 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import rlreason.config  # noqa: F401  (registers the schema and the ${debug:...} resolver)
-from rlreason.cli import run_and_report
+from rlreason.cli import command_line, run_and_report
 from rlreason.distributed import hydra_overrides_for_rank
 
 
@@ -27,4 +27,4 @@ def main(cfg: DictConfig) -> float | None:
 if __name__ == "__main__":
     # Under `accelerate launch`, processes other than 0 write nothing into the run folder.
     sys.argv += hydra_overrides_for_rank(sys.argv[1:])
-    main()
+    command_line(main)

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlreason.errors import CheckpointError, first_line
+
 log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.pt"
@@ -27,32 +29,55 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step-{step:07d}"
 
 
+def seed_everything(seed: int) -> None:
+    """Seed every generator ``rng_state`` saves."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also every CUDA device
+
+
 def rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator sampling draws from, so a resumed run samples what the uninterrupted one would."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(run_dir: Path, step: int, policy: Any, tokenizer: Any, trainer_state: dict[str, Any], keep: int) -> Path:
-    """Write step ``step`` atomically, then prune to the newest ``keep`` complete checkpoints."""
+    """Write step ``step`` atomically, then prune to the newest ``keep`` complete checkpoints.
+
+    A failed write (a full disk, no permission) removes the partial folder and raises
+    CheckpointError naming the cause and the checkpoint that is still intact.
+    """
     target = checkpoint_dir(run_dir, step)
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
         policy.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         torch.save(trainer_state, tmp / STATE_FILE)
         (tmp / DONE_MARK).write_text(str(step))
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if not isinstance(exc, Exception):
+            raise
+        # torch.save and safetensors report a full disk as RuntimeError or their own type, not OSError.
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {first_line(exc)}"
+        previous = latest_checkpoint(run_dir)
+        kept = f"the last complete checkpoint, {previous}, is intact" if previous else "there is no earlier checkpoint"
+        raise CheckpointError(f"could not write checkpoint {target} ({reason}); {kept}") from exc
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return target
@@ -69,6 +94,11 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step of a complete checkpoint, without loading its (possibly large) state."""
+    return int((Path(path) / DONE_MARK).read_text())
 
 
 def load_trainer_state(path: Path) -> dict[str, Any]:

@@ -1,28 +1,36 @@
 """What ``train.py`` does with a composed config: validate, train, summarise, report errors.
 
-A user error (bad config value, data file, model path, diverged loss) is printed as one line,
-the run directory keeps what was finished (metrics, checkpoints) plus an ``error.txt``, and in a
-multirun the other jobs go on. Any other exception (a bug, out of memory) is recorded the same way,
-with its traceback; a single run then re-raises it, a multirun job returns so that every launcher
-(basic, joblib, submitit) runs the remaining jobs. The sweep's failures are then reported at its
-end, with a non-zero exit status, by ``rlreason.sweep_status.SweepStatus``.
+A user error (bad config value, data file, model path, diverged loss, full disk) is printed as
+one line, the run directory keeps what was finished (metrics, checkpoints) plus an
+``error.txt``, and in a multirun the other jobs go on. Any other exception (a bug, out of memory)
+is recorded the same way, with its traceback; a single run then re-raises it, a multirun job
+prints one line and returns so that every launcher (basic, joblib, submitit) runs the remaining
+jobs. The sweep's failures are then reported at its end, with a non-zero exit status, by
+``rlreason.sweep_status.SweepStatus``. Hydra's own errors for a bad command line (an unknown
+option or key, a wrong type) are turned into one line as well, and SIGTERM (what a scheduler
+sends before it preempts a job) stops the run cleanly (``command_line``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig
 
 from rlreason.config import validate
-from rlreason.errors import UserError
+from rlreason.errors import UserError, first_line
 
 log = logging.getLogger("rlreason")
+
+ERROR_FILE = "error.txt"
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -44,7 +52,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def run_and_report(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | None:
-    """``run`` for the command line: the summary table on success, one error line on bad input."""
+    """``run`` for the command line: the summary table on success, one error line on failure."""
     from rlreason.distributed import launched_rank
 
     main_process = launched_rank() == 0  # under accelerate launch, only process 0 writes and reports
@@ -57,18 +65,20 @@ def run_and_report(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | No
         print(message, file=sys.stderr)
         if main_process:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "error.txt").write_text(message + "\n")
+            (run_dir / ERROR_FILE).write_text(message + "\n")
             _mark_failed(run_dir, str(exc))
         if multirun:
             return None
         sys.exit(2)
     except Exception as exc:
         log.exception("run failed")
+        error = f"{type(exc).__name__}: {first_line(exc)}"
         if main_process:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "error.txt").write_text(traceback.format_exc())
-            _mark_failed(run_dir, f"{type(exc).__name__}: {exc}")
+            (run_dir / ERROR_FILE).write_text(traceback.format_exc())
+            _mark_failed(run_dir, error)
         if multirun:
+            print(f"error: {error} (traceback in {run_dir / ERROR_FILE})", file=sys.stderr)
             return None
         raise
     from rlreason.progress import print_summary
@@ -84,3 +94,42 @@ def _mark_failed(run_dir: Path, error: str) -> None:
     summary = json.loads(path.read_text()) if path.exists() else {}
     summary.update(status="failed", error=error)
     path.write_text(json.dumps(summary, indent=2))
+
+
+def hydra_error_line(exc: CompactHydraException) -> str:
+    """Hydra's several-line message as one line: its first line, the options, the cause."""
+    line = first_line(exc).rstrip(".")
+    if isinstance(exc, OverrideParseException) and exc.override not in line:
+        line = f"cannot parse override {exc.override!r}: {line}"
+    if isinstance(exc, MissingConfigException) and exc.options:
+        line += f" (available: {', '.join(exc.options)})"
+    if exc.__cause__ is not None:
+        line += f": {first_line(exc.__cause__)}"
+    return line
+
+
+def stop_cleanly_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit(143): the loop's ``finally`` writes summary.json and closes W&B
+    (flushing what it has), a checkpoint being written is discarded whole, and the process exits
+    quietly. By default SIGTERM ends Python at once, and wandb-core loses its unwritten buffer."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def command_line(main: Callable[[], Any]) -> None:
+    """Run train.py's ``@hydra.main`` function: Hydra's command-line errors as one line (exit 2),
+    SIGTERM as a clean stop (exit 143).
+
+    Hydra prints its errors over several lines plus a hint about HYDRA_FULL_ERROR, or re-raises
+    them when HYDRA_FULL_ERROR=1 is set, which is how they are caught here; a user who sets it
+    keeps Hydra's full traces.
+    """
+    stop_cleanly_on_sigterm()
+    if os.environ.get("HYDRA_FULL_ERROR"):
+        main()
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except CompactHydraException as exc:
+        print(f"error: {hydra_error_line(exc)}", file=sys.stderr)
+        sys.exit(2)

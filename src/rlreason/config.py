@@ -10,13 +10,16 @@ command-line override of the field still wins, because it replaces the interpola
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from rlreason.errors import ConfigError
+from rlreason.errors import ConfigError, ModelError
 
 
 def _debug_resolver(normal: Any, debug_value: Any, *, _root_: DictConfig) -> Any:
@@ -120,6 +123,7 @@ class LoggerConfig:
     project: str = "rlreason"
     entity: Optional[str] = None
     mode: str = "auto"
+    init_timeout_s: float = 60.0
     log_completions: int = 8
     progress: bool = True
 
@@ -203,6 +207,53 @@ SCHEDULES = ("constant", "linear", "cosine")
 LOGGER_MODES = ("auto", "online", "offline", "disabled")
 
 
+def unknown_keys(cfg: DictConfig, schema: type = Config, prefix: str = "") -> list[str]:
+    """Keys the schema does not have. Hydra's ``+key=value`` adds them even to a typed config,
+    where nothing would read them: a typo must not be ignored silently."""
+    by_name = {f.name: f for f in fields(schema)}
+    found = []
+    for key in cfg.keys():
+        spec = by_name.get(str(key))
+        if spec is None:
+            found.append(f"{prefix}{key}")
+        elif is_dataclass(spec.default_factory) and isinstance(cfg[key], DictConfig):
+            found += unknown_keys(cfg[key], spec.default_factory, f"{prefix}{key}.")
+    return found
+
+
+def resolve_model_path(path: str) -> str:
+    """A local directory (``~`` expanded) or a hub id ("org/name"); a local-looking path that is
+    missing is an error. Here rather than in modeling, so ``validate`` can check it before torch loads."""
+    path = os.path.expanduser(str(path))
+    looks_local = path.startswith((".", "/")) or path.count("/") != 1
+    if looks_local and not Path(path).exists():
+        raise ModelError(f"model path {path!r} does not exist (model.name_or_path: a local folder or a hub id org/name)")
+    return path
+
+
+# What makes a run the run it is: a resume must keep these as they were (the number of steps,
+# batch splits, the sampler backend, logging, evaluation and checkpointing may change).
+RUN_IDENTITY = ("algorithm", "kl", "filter", "task", "model", "optim", "sft", "seed", "trainer.prompts_per_step",
+                "trainer.group_size")
+
+
+def resume_conflicts(saved: DictConfig, current: DictConfig) -> list[str]:
+    """Settings in RUN_IDENTITY where ``current`` differs from the run's ``saved`` config, one line each."""
+    old, new = (_leaves(OmegaConf.to_container(c, resolve=True)) for c in (saved, current))
+    keys = sorted(k for k in old.keys() | new.keys() if any(k == p or k.startswith(p + ".") for p in RUN_IDENTITY))
+    return [f"{k}={new.get(k)!r} here, {old.get(k)!r} in the run" for k in keys if old.get(k) != new.get(k)]
+
+
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` for every leaf of nested dicts."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(_leaves(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
 def validate(cfg: DictConfig, world_size: int = 1) -> None:
     """Checks that span several fields (and the process count under ``accelerate launch``).
     Raises ConfigError with one line naming the fields."""
@@ -212,6 +263,13 @@ def validate(cfg: DictConfig, world_size: int = 1) -> None:
     def need(ok: bool, message: str) -> None:
         if not ok:
             raise ConfigError(message)
+
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as exc:  # e.g. an interpolation to a key that does not exist
+        raise ConfigError(str(exc).strip().splitlines()[0]) from None
+    unknown = unknown_keys(cfg)
+    need(not unknown, f"unknown config key(s): {', '.join(unknown)} (not in the schema, src/rlreason/config.py)")
 
     need(t.steps >= 0, f"trainer.steps={t.steps} must be >= 0")
     need(t.prompts_per_step >= 1, f"trainer.prompts_per_step={t.prompts_per_step} must be >= 1")
@@ -226,6 +284,7 @@ def validate(cfg: DictConfig, world_size: int = 1) -> None:
         f"trainer.max_train_seconds={t.max_train_seconds} must be > 0 (or null: no budget)",
     )
     need(t.micro_batch_size >= 1, f"trainer.micro_batch_size={t.micro_batch_size} must be >= 1")
+    need(t.max_nonfinite_steps >= 1, f"trainer.max_nonfinite_steps={t.max_nonfinite_steps} must be >= 1")
     need(
         t.micro_batch_size <= rows,
         f"trainer.micro_batch_size={t.micro_batch_size} is larger than the batch "
@@ -241,6 +300,9 @@ def validate(cfg: DictConfig, world_size: int = 1) -> None:
     need(o.max_grad_norm > 0, f"optim.max_grad_norm={o.max_grad_norm} must be > 0")
     need(cfg.model.dtype in DTYPES, f"model.dtype={cfg.model.dtype!r} must be one of {', '.join(DTYPES)}")
     need(cfg.logger.mode in LOGGER_MODES, f"logger.mode={cfg.logger.mode!r} must be one of {', '.join(LOGGER_MODES)}")
+    need(cfg.logger.init_timeout_s > 0, f"logger.init_timeout_s={cfg.logger.init_timeout_s} must be > 0")
+    if cfg.model.name_or_path:
+        resolve_model_path(cfg.model.name_or_path)  # here, so a typo fails before the slow imports
     need(cfg.kl.beta >= 0, f"kl.beta={cfg.kl.beta} must be >= 0")
     need(cfg.filter.threshold >= 0, f"filter.threshold={cfg.filter.threshold} must be >= 0")
     need(cfg.sampler.temperature > 0, f"sampler.temperature={cfg.sampler.temperature} must be > 0")

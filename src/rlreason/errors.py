@@ -1,6 +1,12 @@
 """Errors a user can fix. train.py prints them as one line instead of a traceback."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class UserError(Exception):
     """Bad input: a config value, a data file, a model path. The message names the problem."""
 
@@ -19,3 +25,7 @@ class ModelError(UserError):
 
 class TrainingDiverged(UserError):
     """Too many non-finite losses or gradients in a row; the last good checkpoint is kept."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint could not be written (disk full, no permission); the previous one is intact."""

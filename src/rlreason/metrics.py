@@ -4,6 +4,12 @@ Metric names are stable and namespaced (``reward/mean``, ``time/sampling_s``, ``
 so dashboards and the analysis notebooks can rely on them. W&B never blocks a run: with no
 credentials it runs offline (and says how to sync), and if it cannot start at all training goes
 on with the local files and one warning.
+
+Resume: W&B refuses a step lower than one it already has, so W&B must never hold a step that a
+resume from the last checkpoint computes again. When the run checkpoints periodically, W&B rows
+are therefore held back until the checkpoint covering them is written (``commit``); a crash
+loses only rows the resumed run logs again, and ``metrics.jsonl`` is cut back to the checkpoint
+(``truncate_metrics``). The W&B dashboard lags by at most ``checkpoint.every`` steps.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from rlreason.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +55,19 @@ def _clean(value: Any) -> Any:
 
 
 class MetricsWriter:
-    """Writes each metrics row once to every sink."""
+    """Writes each metrics row once to every sink.
 
-    def __init__(self, run_dir: Path, cfg: DictConfig, wandb_run_id: str | None = None):
+    ``hold_until_commit``: W&B rows wait for ``commit()`` (the trainer commits after each
+    checkpoint); metrics.jsonl always gets them at once.
+    """
+
+    def __init__(self, run_dir: Path, cfg: DictConfig, wandb_run_id: str | None = None, hold_until_commit: bool = False):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / METRICS_FILE
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", buffering=1)
+        self.hold_until_commit = hold_until_commit
+        self._held: list[tuple[int, dict[str, Any]]] = []
         self.wandb_run = self._start_wandb(cfg, wandb_run_id) if cfg.logger.wandb else None
 
     @property
@@ -81,11 +95,10 @@ class MetricsWriter:
                 mode=mode,
                 id=run_id,
                 resume="allow" if run_id else None,
-                settings=wandb.Settings(silent=True, init_timeout=60),
+                settings=wandb.Settings(silent=True, init_timeout=cfg.logger.init_timeout_s),
             )
         except Exception as exc:  # W&B unreachable or refusing the key: keep training on local logs
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            log.warning("W&B could not start (%s); logging to %s only", first, self.path)
+            log.warning("W&B could not start (%s); logging to %s only", first_line(exc), self.path)
             return None
         if mode == "offline":
             log.info("W&B is offline (no credentials): sync later with `wandb sync %s`", Path(run.dir).parent)
@@ -95,8 +108,7 @@ class MetricsWriter:
         """One row: ``kind`` is train or eval; ``step`` the optimizer step it was taken after."""
         row = {"kind": kind, "step": step, **{k: _clean(v) for k, v in metrics.items()}}
         self._file.write(json.dumps(row) + "\n")
-        if self.wandb_run is not None:
-            self.wandb_run.log(metrics, step=step)
+        self._to_wandb(step, metrics)
 
     def log_completions(self, step: int, rows: list[tuple[str, str, float]]) -> None:
         """A small table of sampled completions (prompt, completion, reward), to W&B only."""
@@ -105,9 +117,34 @@ class MetricsWriter:
         import wandb
 
         table = wandb.Table(columns=["step", "prompt", "completion", "reward"], data=[[step, *r] for r in rows])
-        self.wandb_run.log({"eval/completions": table}, step=step)
+        self._to_wandb(step, {"eval/completions": table})
+
+    def _to_wandb(self, step: int, metrics: dict[str, Any]) -> None:
+        if self.wandb_run is None:
+            return
+        if self.hold_until_commit:
+            self._held.append((step, metrics))
+        else:
+            self.wandb_run.log(metrics, step=step)
+
+    def commit(self) -> None:
+        """Send the held W&B rows: a checkpoint now covers them, so no resume logs them again."""
+        if self.wandb_run is None or not self._held:
+            return
+        for step, metrics in self._held:
+            self.wandb_run.log(metrics, step=step, commit=False)
+        self.wandb_run.log({}, step=self._held[-1][0], commit=True)  # write the last step's row now
+        self._held.clear()
 
     def finish(self, summary: dict[str, Any]) -> None:
+        """Write summary.json and close the sinks; a completed run sends its held rows to W&B."""
+        if summary.get("status") == "completed":
+            self.commit()
+        elif self._held:
+            first, last = self._held[0][0], self._held[-1][0]
+            held = f"step {first} is" if first == last else f"steps {first}-{last} are"
+            log.warning("W&B has the steps up to the last checkpoint; %s only in %s (a resume computes them again)",
+                        held, self.path)
         (self.run_dir / SUMMARY_FILE).write_text(json.dumps({k: _clean(v) for k, v in summary.items()}, indent=2))
         self.close(summary)
 
@@ -134,11 +171,25 @@ class NullWriter:
     def log_completions(self, step: int, rows: list[tuple[str, str, float]]) -> None:
         pass
 
+    def commit(self) -> None:
+        pass
+
     def finish(self, summary: dict[str, Any]) -> None:
         pass
 
     def close(self, summary: dict[str, Any] | None = None) -> None:
         pass
+
+
+def truncate_metrics(run_dir: Path | str, last_step: int) -> None:
+    """Keep only rows up to ``last_step`` (the checkpoint a run resumes from), atomically."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return
+    kept = [row for row in read_metrics(run_dir) if row["step"] <= last_step]
+    tmp = path.with_name(f".{METRICS_FILE}.tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
+    os.replace(tmp, path)
 
 
 def read_metrics(run_dir: Path | str, kind: str | None = None) -> list[dict[str, Any]]:

@@ -24,7 +24,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from rlreason.batching import make_batch, token_logprobs
-from rlreason.errors import ConfigError, ModelError
+from rlreason.config import resolve_model_path
+from rlreason.errors import ConfigError, ModelError, first_line
 from rlreason.rl import policy_loss
 from rlreason.tasks.base import Task
 
@@ -91,20 +92,6 @@ def load_tokenizer(path: str) -> Any:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return tokenizer
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    """A local directory or a hub id ("org/name"); a local-looking path that is missing is an error."""
-    path = os.path.expanduser(str(name_or_path))
-    looks_local = path.startswith((".", "/")) or path.count("/") != 1
-    if looks_local and not Path(path).exists():
-        raise ModelError(f"model path {path!r} does not exist")
-    return path
 
 
 def base_model_path(cfg: Any, task: Task) -> str:

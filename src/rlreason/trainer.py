@@ -17,7 +17,6 @@ prompts and the gradient is the single-process one (see ``rlreason.distributed``
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -31,11 +30,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rlreason.batching import make_batch, token_logprobs
-from rlreason.checkpoint import latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
+from rlreason.checkpoint import (
+    checkpoint_step,
+    latest_checkpoint,
+    load_trainer_state,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+from rlreason.config import resolve_model_path, resume_conflicts
 from rlreason.distributed import Parallel, get_parallel
 from rlreason.errors import ConfigError, TrainingDiverged
-from rlreason.metrics import MetricsWriter, NullWriter, read_metrics
-from rlreason.modeling import load_policy, load_reference, load_tokenizer, resolve_model_path
+from rlreason.metrics import METRICS_FILE, MetricsWriter, NullWriter, read_metrics, truncate_metrics
+from rlreason.modeling import load_model, load_policy, load_reference, load_tokenizer
 from rlreason.progress import Progress
 from rlreason.rl import LossStats, gradient_filter, group_advantages, pass_at_k, policy_loss, zero_std_groups
 from rlreason.sampling import Completions, build_sampler
@@ -130,7 +138,12 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
 
 
 class Trainer:
-    """Builds everything from a resolved config and runs the loop; writes into ``run_dir``."""
+    """Builds everything from a resolved config and runs the loop; writes into ``run_dir``.
+
+    ``resume=true`` continues from the run directory's last complete checkpoint (or starts at
+    step 0 if there is none, so a requeued job can always pass it); without it, a run directory
+    that already holds a run is refused rather than mixed with or overwritten.
+    """
 
     def __init__(self, cfg: DictConfig, run_dir: Path, parallel: Parallel | None = None):
         self.cfg, self.run_dir = cfg, Path(run_dir)
@@ -140,9 +153,9 @@ class Trainer:
                               f"number of processes ({self.parallel.world_size}): each process samples whole groups")
         if cfg.resume and self.parallel.uses_deepspeed:
             raise ConfigError("resume=true is not supported under DeepSpeed (its optimizer state is sharded); use DDP")
+        resume_from = self._checkpoint_to_resume()  # before any slow loading: a conflict fails at once
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)
         hub_tokenizer = load_tokenizer(resolve_model_path(cfg.model.name_or_path)) if cfg.model.name_or_path else None
         self.task = build_task(cfg.task, tokenizer=hub_tokenizer, sft_source=cfg.sft.source)
         self.eval_tasks = {name: build_task(task_cfg, tokenizer=hub_tokenizer) for name, task_cfg in cfg.eval.tasks.items()}
@@ -163,21 +176,26 @@ class Trainer:
         self.nonfinite_in_row = 0
         self.train_seconds = 0.0
         self.phase_totals: dict[str, float] = defaultdict(float)
+        self.evals: dict[int, dict[str, float]] = {}
         if self.parallel.device is not None:  # a GPU (this process's one under accelerate launch)
             self.device = self.parallel.device
             for model in (self.policy, self.reference):
                 if model is not None:
                     model.to(self.device)
+        # Seeded after building, so whether the base model came from the cache or was just built
+        # (its warm start draws random numbers) does not change what training samples.
+        seed_everything(cfg.seed)
         if self.parallel.world_size > 1:
             # Each process samples different completions; the same seed reproduces them.
             torch.manual_seed(cfg.seed * 1_000_003 + self.parallel.rank)
-        wandb_id = self._restore() if cfg.resume else None
+        wandb_id = self._restore(resume_from) if cfg.resume else None
         # The model training forwards go through (DDP/DeepSpeed wrapper; the policy itself on one process).
         self.train_model, self.optimizer = self.parallel.prepare(
             self.policy, self.optimizer, cfg.trainer.micro_batch_size, cfg.optim.max_grad_norm
         )
         if self.parallel.is_main:
-            self.writer = MetricsWriter(self.run_dir, cfg, wandb_run_id=wandb_id)
+            # W&B waits for checkpoints only when there are periodic ones to resume from.
+            self.writer = MetricsWriter(self.run_dir, cfg, wandb_run_id=wandb_id, hold_until_commit=cfg.checkpoint.every > 0)
             OmegaConf.save(cfg, self.run_dir / "config.yaml", resolve=True)
         else:
             self.writer = NullWriter()
@@ -218,7 +236,7 @@ class Trainer:
         """Train for ``trainer.steps`` steps with evaluations; returns (and writes) the summary."""
         cfg = self.cfg
         start = time.perf_counter()
-        evals: dict[int, dict[str, float]] = {}
+        evals = self.evals
         status = "failed"
         try:
             if cfg.eval.at_start and self.step == 0:
@@ -227,6 +245,7 @@ class Trainer:
                 while self.step < cfg.trainer.steps and not self.out_of_time:
                     metrics = self.train_step()
                     self.writer.log("train", self.step, metrics)
+                    self.stop_if_diverged()
                     bar.update(self.step, metrics)
                     last = self.step == cfg.trainer.steps or self.out_of_time
                     if (cfg.eval.every and self.step % cfg.eval.every == 0) or last:
@@ -433,12 +452,19 @@ class Trainer:
             else:
                 totals.skipped_steps += 1
                 self.nonfinite_in_row += 1
-                log.warning("step %d: non-finite gradient, update skipped (%d in a row)", self.step + 1, self.nonfinite_in_row)
+                log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", self.step + 1, self.nonfinite_in_row)
             self.optimizer.zero_grad(set_to_none=True)
-        if self.nonfinite_in_row >= self.cfg.trainer.max_nonfinite_steps:
+
+    def stop_if_diverged(self) -> None:
+        """Stop after ``trainer.max_nonfinite_steps`` skipped updates in a row (checked once the
+        step's row is logged, so the skips are on record; no checkpoint is written after it)."""
+        limit = self.cfg.trainer.max_nonfinite_steps
+        if self.nonfinite_in_row >= limit:
+            kept = latest_checkpoint(self.run_dir)
             raise TrainingDiverged(
-                f"{self.nonfinite_in_row} non-finite gradients in a row at step {self.step + 1} "
-                f"(trainer.max_nonfinite_steps={self.cfg.trainer.max_nonfinite_steps}); last good checkpoint kept"
+                f"{self.nonfinite_in_row} non-finite losses or gradients in a row up to step {self.step} "
+                f"(trainer.max_nonfinite_steps={limit}); stopped, the last good checkpoint is "
+                + (str(kept) if kept else "none (set checkpoint.every to keep some)")
             )
 
     def rollout_metrics(self, rollouts: list[Rollout], timer: PhaseTimer) -> dict[str, float]:
@@ -529,7 +555,8 @@ class Trainer:
         }
 
     def save(self) -> None:
-        """Process 0 writes; every process's sampling RNG is kept so a resume samples the same."""
+        """Process 0 checkpoints, then hands W&B the rows the checkpoint covers (see
+        metrics.MetricsWriter); every process's sampling RNG is kept so a resume samples the same."""
         rng_per_process = self.parallel.gather(rng_state()) if self.parallel.world_size > 1 else None
         if not self.parallel.is_main:
             return
@@ -537,17 +564,48 @@ class Trainer:
         if rng_per_process:
             state["rng_per_process"] = rng_per_process
         save_checkpoint(self.run_dir, self.step, self.policy, self.tokenizer, state, self.cfg.checkpoint.keep)
+        self.writer.commit()
 
-    def _restore(self) -> str | None:
-        """Continue from the last complete checkpoint in ``run_dir``; returns the W&B run id."""
-        path = latest_checkpoint(self.run_dir)
+    def _checkpoint_to_resume(self) -> Path | None:
+        """The checkpoint ``resume=true`` continues from (None: start at step 0).
+
+        Refuses a run directory that already holds a run unless resuming it, and a resume whose
+        settings differ from the run's own (config.yaml) where that would change the results.
+        """
+        latest = latest_checkpoint(self.run_dir)
+        logged = read_metrics(self.run_dir) if (self.run_dir / METRICS_FILE).exists() else []
+        if not self.cfg.resume:
+            if latest or logged:
+                done = f"a checkpoint at step {checkpoint_step(latest)}" if latest else f"metrics up to step {logged[-1]['step']}"
+                raise ConfigError(
+                    f"{self.run_dir} already holds a run ({done}); add resume=true to continue it, "
+                    "or choose another hydra.run.dir"
+                )
+            return None
+        saved = self.run_dir / "config.yaml"
+        conflicts = resume_conflicts(OmegaConf.load(saved), self.cfg) if saved.exists() and (latest or logged) else []
+        if conflicts:
+            raise ConfigError(
+                f"resume=true in {self.run_dir}, but {conflicts[0]}"
+                + (f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else "")
+                + "; resume with the run's settings, or choose another hydra.run.dir"
+            )
+        return latest
+
+    def _restore(self, path: Path | None) -> str | None:
+        """Continue from checkpoint ``path`` (None: from step 0); returns the W&B run id to continue.
+
+        Rows logged after the checkpoint are dropped from metrics.jsonl: the resumed run computes
+        those steps again, so every step is logged exactly once.
+        """
         if path is None:
             log.info("resume: no checkpoint in %s, starting from step 0", self.run_dir)
+            if self.parallel.is_main:
+                truncate_metrics(self.run_dir, -1)
             return None
         state = load_trainer_state(path)
-        from rlreason.modeling import load_model
-
         self.policy.load_state_dict(load_model(str(path), self.cfg.model).state_dict())
+        self.sampler.sync_weights(self.policy)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
@@ -558,17 +616,12 @@ class Trainer:
         self.nonfinite_in_row, self.train_seconds = state["nonfinite_in_row"], state["train_seconds"]
         self.phase_totals.update(state["phase_totals"])
         if self.parallel.is_main:
-            self._truncate_metrics_after(self.step)
+            truncate_metrics(self.run_dir, self.step)
+        for row in read_metrics(self.run_dir, kind="eval"):  # for the summary's base/ and final/ values
+            if row["step"] <= self.step:
+                self.evals[row["step"]] = {k: v for k, v in row.items() if k not in ("kind", "step")}
         log.info("resumed from %s (step %d)", path, self.step)
         return state.get("wandb_run_id")
-
-    def _truncate_metrics_after(self, step: int) -> None:
-        """Drop rows logged after the checkpoint, so a resumed run logs every step exactly once."""
-        path = self.run_dir / "metrics.jsonl"
-        if not path.exists():
-            return
-        keep = [row for row in read_metrics(self.run_dir) if row["step"] <= step]
-        path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
     # ---------------------------------------------------------------- helpers
     def _encode(self, text: str) -> list[int]:
