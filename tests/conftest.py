@@ -21,6 +21,8 @@ def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["WANDB_SILENT"] = "true"
     os.environ.setdefault("WANDB_DIR", str(tmp_path_factory.mktemp("wandb")))
     os.environ.pop("WANDB_API_KEY", None)
+    # `python train.py` in a subprocess imports this checkout's code, not the venv's editable install.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
 
 
 def compose(*overrides: str):
