@@ -133,15 +133,16 @@ def test_sigterm_stops_cleanly_and_the_resumed_run_has_each_step_once_in_wandb(
         signal.signal(signal.SIGTERM, previous_handler)
     assert stopped.value.code == 128 + signal.SIGTERM
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
-    assert steps(tmp_path, "train") == [1, 2, 3, 4]
+    assert steps(tmp_path, "train") == [1, 2, 3, 4], read_metrics(tmp_path)
 
     monkeypatch.setattr(Trainer, "train_step", original)
     run(compose(*RUN, "resume=true"), tmp_path)
     segments = wandb_segments(tmp_path)
-    assert len(segments) == 2 and read_run_info(segments[0])["id"] == read_run_info(segments[1])["id"]
+    assert len(segments) == 2, segments
+    assert read_run_info(segments[0])["id"] == read_run_info(segments[1])["id"]
     first, second = (read_history(f) for f in segments)
-    assert [row["_step"] for row in first] == [0, 1, 2, 3]  # up to the checkpoint after step 3
-    assert [row["_step"] for row in second] == [4, 5, 6, 7, 8]
+    assert [row["_step"] for row in first] == [0, 1, 2, 3], first  # up to the checkpoint after step 3
+    assert [row["_step"] for row in second] == [4, 5, 6, 7, 8], second
     logged = {(row["step"], row["kind"]): row for row in read_metrics(tmp_path)}
     for row in first + second:
         if (row["_step"], "train") in logged:
