@@ -224,9 +224,9 @@ def test_a_failed_job_in_a_sweep_is_reported_and_the_others_finish(tmp_path: Pat
     assert "Traceback" not in proc.stderr + proc.stdout
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
     assert errors == [
-        "error: optim.lr=-1.0 must be > 0",
-        f"error: 1 of 3 jobs failed in {tmp_path}:",
-        "  1: optim.lr=-1.0 must be > 0",
+        "error: optim.lr=-1.0 must be > 0",  # when the job fails
+        f"failed: {tmp_path / '1'}: optim.lr=-1.0 must be > 0",  # at the end of the sweep (SweepStatus)
+        f"sweep {tmp_path}: 2 of 3 jobs completed",
     ]
     statuses = [json.loads((tmp_path / str(job) / "summary.json").read_text())["status"] for job in range(3)]
     assert statuses == ["completed", "failed", "completed"]
