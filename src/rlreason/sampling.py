@@ -126,14 +126,15 @@ class HFSampler(Sampler):
                 out.logprobs.append(token_logprobs[i, : len(ids)].tolist())
 
 
-def build_sampler(sampler_cfg: Any, model: Any, tokenizer: Any) -> Sampler:
-    """The backend a ``sampler=`` config names."""
+def build_sampler(sampler_cfg: Any, model: Any, tokenizer: Any, model_path: str | None = None, seed: int = 0) -> Sampler:
+    """The backend a ``sampler=`` config names. ``model_path`` (the policy's base directory or hub
+    id) and ``seed`` are for engines that load the model themselves (vLLM)."""
     if sampler_cfg.name == "hf":
         return HFSampler(model, tokenizer, sampler_cfg)
     if sampler_cfg.name == "vllm":
         from rlreason.vllm_sampler import VLLMSampler
 
-        return VLLMSampler(model, tokenizer, sampler_cfg)
+        return VLLMSampler(model, tokenizer, sampler_cfg, model_path=model_path, seed=seed)
     from rlreason.errors import ConfigError
 
     raise ConfigError(f"sampler.name={sampler_cfg.name!r} is not a known backend (hf, vllm)")

@@ -163,7 +163,7 @@ class Trainer:
         self.device = next(self.policy.parameters()).device
         a = cfg.algorithm
         self.reference = load_reference(self.base_path, cfg.model) if a.rl and cfg.kl.beta > 0 else None
-        self.sampler = build_sampler(cfg.sampler, self.policy, self.tokenizer)
+        self.sampler = build_sampler(cfg.sampler, self.policy, self.tokenizer, model_path=self.base_path, seed=cfg.seed)
         self.optimizer = torch.optim.AdamW(
             self.policy.parameters(),
             lr=cfg.optim.lr,
@@ -445,6 +445,7 @@ class Trainer:
             norm = self.parallel.clip_grad_norm(self.train_model, self.cfg.optim.max_grad_norm)
             if math.isfinite(norm):
                 self.optimizer.step()
+                self.sampler.sync_weights(self.policy)  # vLLM: push the new weights (HF: nothing to do)
                 self.scheduler.step()
                 self.nonfinite_in_row = 0
                 totals.grad_norms.append(norm)

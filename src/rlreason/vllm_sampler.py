@@ -1,0 +1,274 @@
+"""The vLLM sampling backend: an offline ``vllm.LLM`` engine colocated with training.
+
+The engine runs in the trainer's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so the policy's
+weights reach it by reference, not through a socket. It is built with ``load_format="dummy"``
+(random weights, nothing read from disk but the config) and every weight it ever samples with
+is pushed from the policy:
+
+- ``sync_weights(policy)`` streams ``policy.state_dict()`` into the engine through the worker's
+  ``reload_weights`` (vLLM's in-place reload: it maps checkpoint names onto vLLM's fused layers
+  and redoes the post-load processing, e.g. the CPU build's packed weights), then clears the
+  prefix cache, whose keys and values were computed with the old weights. The trainer calls it
+  after every optimizer step.
+- Staleness is checked, never assumed: a sync records every policy parameter's identity and
+  in-place version counter (``Tensor._version``, bumped by ``optimizer.step()``,
+  ``load_state_dict`` and any other in-place write); ``generate`` raises ``StaleWeightsError``
+  if any of them moved since, i.e. if the policy changed and nobody synced.
+- The push itself is verified: the first ``generate`` after a sync scores a probe sequence (the
+  batch's own first prompts) with the engine's prompt log-probs and with a forward pass of the
+  policy, and raises ``WeightSyncError`` if they disagree by more than the dtype's tolerance
+  (a push that loaded nothing, or the wrong tensors, is off by nats).
+- Sleep mode (GPU only; ``enable_sleep_mode``): the engine sleeps at level 2 after every
+  ``generate`` (KV cache and weights freed; the weights are re-pushed from the policy anyway),
+  wakes its weight memory to take a push, and its KV cache just before sampling.
+
+Sampling semantics are the HF backend's: the same temperature, top-k (0: off), top-p,
+``max_new_tokens``, greedy as temperature 0, stop at the tokenizer's end-of-sequence token, the
+model's own generation defaults ignored, ``n`` rows per prompt laid out group by group,
+``batch_size`` capping the rows per engine call, and log-probs of the sampled tokens under the
+untempered policy (vLLM's ``raw_logprobs``). Randomness comes from torch's global generator
+(vLLM samples with the default generator of the device), seeded by the trainer like the HF
+backend's; building the engine leaves that generator's state as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+import torch
+
+from rlreason.errors import ConfigError
+from rlreason.sampling import Completions, Sampler
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "sampler=vllm needs vLLM: pip install vllm (GPU) or make install-vllm (CPU)"
+# Largest mean |engine - policy| log-prob gap (nats per probe token) that still counts as the same
+# weights, by dtype. fp32 engines agree to ~1e-6 here; bf16 kernels differ from transformers' by
+# a few 1e-2 on average. A sync that failed is off by whole nats.
+SYNC_CHECK_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.15, torch.float16: 0.1}
+PROBE_TOKENS = 32
+
+
+class StaleWeightsError(RuntimeError):
+    """The policy changed after the last ``sync_weights``: the engine would sample an old policy."""
+
+
+class WeightSyncError(RuntimeError):
+    """A weight push left the engine computing something other than the policy."""
+
+
+def import_vllm() -> Any:
+    """The ``vllm`` module, or one line saying how to install it."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine core in this process: see module doc
+    try:
+        import vllm
+    except ModuleNotFoundError as exc:
+        if exc.name == "vllm":
+            raise ConfigError(INSTALL_HINT) from None
+        raise ConfigError(f"{INSTALL_HINT} (vLLM is installed but needs {exc.name!r}: {exc})") from None
+    except ImportError as exc:
+        raise ConfigError(f"{INSTALL_HINT} (vLLM is installed but fails to import: {str(exc).splitlines()[0]})") from None
+    return vllm
+
+
+def policy_version(policy: torch.nn.Module) -> tuple[tuple[int, int], ...]:
+    """Changes whenever a parameter is replaced or written in place (not through ``.data``)."""
+    return tuple((id(p), p._version) for p in policy.parameters())
+
+
+def _unwrapped(policy: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DDP/accelerate wrapper, whose state-dict names vLLM knows."""
+    return getattr(policy, "module", policy)
+
+
+class VLLMSampler(Sampler):
+    """A vLLM engine that samples from the policy's latest pushed weights (see module doc)."""
+
+    def __init__(self, model: Any, tokenizer: Any, sampler_cfg: Any, model_path: str | None = None, seed: int = 0):
+        vllm = import_vllm()
+        from vllm.platforms import current_platform
+
+        self.policy, self.tokenizer, self.cfg = model, tokenizer, sampler_cfg
+        self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+        self._SamplingParams = vllm.SamplingParams
+        path = model_path or getattr(_unwrapped(model), "name_or_path", "")
+        if not path:
+            raise ConfigError(f"sampler=vllm needs the policy's model directory or hub id (got {path!r})")
+        self.dtype = next(model.parameters()).dtype
+        self.on_cpu = current_platform.is_cpu()
+        self.sleep_mode = bool(sampler_cfg.enable_sleep_mode)
+        if self.sleep_mode and self.on_cpu:
+            log.warning("sampler.enable_sleep_mode ignored: vLLM's CPU build has no sleep mode")
+            self.sleep_mode = False
+        if self.on_cpu:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(sampler_cfg.cpu_kvcache_space_gib)
+            self._check_cpu_head_size(model)
+        rng = torch.random.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        try:
+            self.llm = vllm.LLM(
+                model=str(path),
+                dtype=str(self.dtype).removeprefix("torch."),
+                load_format="dummy",  # every weight comes from the policy (sync_weights below)
+                skip_tokenizer_init=True,  # token ids in and out; text is decoded with the policy's tokenizer
+                generation_config="vllm",  # the model's own sampling defaults never apply
+                enforce_eager=self.on_cpu,  # no graph capture/compilation on CPU (start-up time, 2 cores)
+                gpu_memory_utilization=sampler_cfg.gpu_memory_utilization,
+                enable_sleep_mode=self.sleep_mode,
+                seed=seed,
+            )
+        finally:  # the engine reseeds torch's generators; give the trainer its stream back
+            torch.random.set_rng_state(rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+        self.weights_awake = self.kv_awake = True
+        self.synced_version: tuple[tuple[int, int], ...] | None = None
+        self.verified = False
+        self.syncs = 0
+        self.sync_weights(model)
+
+    # ------------------------------------------------------------------ weights
+    def sync_weights(self, policy: torch.nn.Module) -> None:
+        """Push ``policy``'s current weights into the engine (the trainer: after every optimizer step)."""
+        self.policy = policy
+        if not self.weights_awake:
+            self.llm.wake_up(tags=["weights"])
+            self.weights_awake = True
+        inner = _unwrapped(policy)
+        with torch.no_grad():
+            weights = [(name, tensor.detach()) for name, tensor in inner.state_dict().items()]
+            # The worker's in-place reload, run in this process: the tensors go by reference.
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+        self.llm.reset_prefix_cache()  # cached keys/values were computed with the old weights
+        self.synced_version = policy_version(policy)
+        self.verified = False
+        self.syncs += 1
+
+    def check_fresh(self) -> None:
+        """Raise ``StaleWeightsError`` if the policy changed after the last sync."""
+        if self.synced_version != policy_version(self.policy):
+            raise StaleWeightsError(
+                "the policy's weights changed after the last sampler.sync_weights(policy): the vLLM engine "
+                "would sample an old policy (call sync_weights after every optimizer step)"
+            )
+
+    def verify_sync(self, probe: list[int]) -> float:
+        """Mean |engine - policy| log-prob over ``probe``'s tokens; raises ``WeightSyncError`` past the tolerance."""
+        params = self._SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        out = self.llm.generate([{"prompt_token_ids": probe}], params, use_tqdm=False)[0]
+        engine = torch.tensor([entry[token].logprob for entry, token in zip(out.prompt_logprobs[1:], probe[1:])])
+        inner = _unwrapped(self.policy)
+        device = next(inner.parameters()).device
+        was_training = inner.training
+        inner.eval()
+        try:
+            with torch.no_grad():
+                logits = inner(input_ids=torch.tensor([probe], device=device), use_cache=False).logits[0, :-1].float()
+        finally:
+            inner.train(was_training)
+        policy = torch.log_softmax(logits, -1).gather(-1, torch.tensor(probe[1:], device=device)[:, None])[:, 0].cpu()
+        gap = float((engine - policy).abs().mean())
+        tolerance = SYNC_CHECK_TOLERANCE.get(self.dtype, 0.15)
+        if not math.isfinite(gap) or gap > tolerance:
+            raise WeightSyncError(
+                f"after sync_weights the vLLM engine's log-probs differ from the policy's by {gap:.3g} nats per token "
+                f"(tolerance {tolerance} for {self.dtype}): the weight push did not take"
+            )
+        self.verified = True
+        return gap
+
+    # ------------------------------------------------------------------ sampling
+    def _sampling_params(self, greedy: bool, return_logprobs: bool) -> Any:
+        c = self.cfg
+        return self._SamplingParams(
+            n=1,
+            temperature=0.0 if greedy else c.temperature,
+            top_k=0 if greedy else c.top_k,
+            top_p=1.0 if greedy else c.top_p,
+            max_tokens=c.max_new_tokens,
+            stop_token_ids=[self.eos_id],  # as the HF backend: the tokenizer's end-of-sequence token
+            logprobs=0 if return_logprobs else None,  # 0: the sampled token's own log-prob
+            detokenize=False,
+        )
+
+    def _wake(self) -> None:
+        if not self.weights_awake:  # slept at level 2 without a sync since: the weights are gone
+            self.sync_weights(self.policy)
+        if not self.kv_awake:
+            self.llm.wake_up(tags=["kv_cache"])
+            self.kv_awake = True
+
+    def _sleep(self) -> None:
+        if self.sleep_mode:
+            self.llm.sleep(level=2)
+            self.weights_awake = self.kv_awake = False
+
+    def generate(
+        self, prompts: list[str], n: int, greedy: bool = False, return_logprobs: bool = False, batch_size: int | None = None
+    ) -> Completions:
+        self.check_fresh()
+        encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        rows = [ids for ids in encoded for _ in range(n)]
+        out = Completions(prompt_ids=[], completion_ids=[], texts=[], finished=[], logprobs=[] if return_logprobs else None)
+        if not rows:
+            return out
+        params = self._sampling_params(greedy, return_logprobs)
+        self._wake()
+        try:
+            if not self.verified:
+                probe = [t for ids in encoded for t in ids][:PROBE_TOKENS]
+                self.verify_sync(probe if len(probe) >= 2 else probe + [self.eos_id] * (2 - len(probe)))
+            step = batch_size or len(rows)
+            for start in range(0, len(rows), step):
+                chunk = rows[start : start + step]
+                results = self.llm.generate([{"prompt_token_ids": ids} for ids in chunk], params, use_tqdm=False)
+                for ids, result in zip(chunk, results):
+                    self._append(out, ids, result.outputs[0])
+        finally:
+            self._sleep()
+        return out
+
+    def _append(self, out: Completions, prompt: list[int], sample: Any) -> None:
+        ids = list(sample.token_ids)
+        if sample.finish_reason not in ("stop", "length"):
+            raise RuntimeError(f"vLLM finished a request with {sample.finish_reason!r}")
+        # "stop" at the end-of-sequence token (kept in token_ids, as the HF backend keeps it).
+        finished = sample.finish_reason == "stop" and bool(ids) and ids[-1] == self.eos_id
+        out.prompt_ids.append(list(prompt))
+        out.completion_ids.append(ids)
+        out.texts.append(self.tokenizer.decode(ids, skip_special_tokens=True))
+        out.finished.append(finished)
+        if out.logprobs is not None:
+            out.logprobs.append([entry[token].logprob for entry, token in zip(sample.logprobs, ids)])
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        self.llm = None
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception as exc:  # best effort at teardown
+            log.debug("vLLM shutdown: %s", exc)
+        del llm
+
+    # ------------------------------------------------------------------ helpers
+    def _check_cpu_head_size(self, model: Any) -> None:
+        """vLLM's CPU attention supports a fixed set of head sizes; say so in one line, not at the first batch."""
+        try:
+            from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+            supported = CPUAttentionBackend.get_supported_head_sizes()
+        except Exception:  # layout of vLLM's internals changed: let the engine speak for itself
+            return
+        config = _unwrapped(model).config
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        if head_dim not in supported:
+            raise ConfigError(
+                f"sampler=vllm on CPU needs an attention head size in {supported}; this model's is {head_dim} "
+                f"(hidden_size {config.hidden_size} / {config.num_attention_heads} heads)"
+            )
