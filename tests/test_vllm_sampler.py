@@ -32,10 +32,12 @@ HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 # Log-prob agreement between vLLM and the trainer's forward pass (fp32, CPU): measured ~3e-7.
 LOGPROB_ATOL = 1e-4
 MODEL_OVERRIDES = ("model.hidden_size=64", "model.intermediate_size=128", "model.num_hidden_layers=2",
-                   "model.num_attention_heads=2", "model.num_key_value_heads=2")
+                   "model.num_attention_heads=2", "model.num_key_value_heads=2",
+                   "model.max_position_embeddings=320")
 PROMPTS = ["12+34=", "4736+2859=", "0007+9999=", "5+5="]
-# Longer than two KV-cache blocks: after a sync, a stale prefix cache would serve its old keys/values.
-LONG_PROMPT = "1111+2222=" * 7 + "3+4="
+# Longer than one KV-cache block (128 tokens in the CPU build), so vLLM's prefix cache keeps its keys
+# and values between calls: after a sync, a cache that was not cleared would serve the old weights'.
+LONG_PROMPT = "1111+2222=" * 14 + "3+4="
 
 
 def _cfg(*overrides: str):
@@ -49,7 +51,7 @@ def base_dir(tmp_path_factory):
     tokenizer = build_char_tokenizer(ALPHABET)
     model = build_tiny_model(cfg.model, tokenizer, seed=0)
     ws = cfg.model.warm_start.copy()
-    ws.steps = 40
+    ws.steps, ws.batch_size, ws.lr = 30, 16, 3e-3  # seconds: enough for peaked, digit-like greedy outputs
     warm_start(model, tokenizer, build_task(cfg.task), ws, seed=0)
     path = tmp_path_factory.mktemp("tiny-base")
     model.save_pretrained(path)
@@ -210,3 +212,24 @@ class TestVLLMSampler:
         sampler.sync_weights(policy)
         out = sampler.generate(PROMPTS, n=1, return_logprobs=True)
         assert _max_gap(policy, out, tokenizer.pad_token_id) < LOGPROB_ATOL
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_VLLM, reason="vLLM is not installed here (make test-vllm installs it and runs these)")
+def test_training_with_sampler_vllm_syncs_after_every_optimizer_step(tmp_path):
+    """The trainer, unchanged but for the backend: PPO mini-batches make several updates per sampled
+    batch, and each one is pushed before the next sampling (a missed push would raise)."""
+    from rlreason.metrics import read_metrics
+    from rlreason.trainer import Trainer
+
+    cfg = compose("debug=true", *MODEL_OVERRIDES, "sampler=vllm", "algorithm=ppo_mini", "logger=none",
+                  "trainer.steps=3", "task.n_test_problems=16", "model.warm_start.steps=10",
+                  "model.warm_start.batch_size=16", f"cache_dir={tmp_path / 'cache'}")
+    trainer = Trainer(cfg, tmp_path / "run")
+    summary = trainer.fit()
+    assert summary["status"] == "completed" and summary["steps"] == 3
+    updates = sum(row["train/optimizer_steps"] for row in read_metrics(tmp_path / "run", "train"))
+    assert updates == 3 * 2  # 16 rows per step, mini-batches of 8
+    assert trainer.sampler.syncs == 1 + updates  # the initial push, then one per optimizer step
+    assert 0.0 <= summary["final/greedy_acc"] <= 1.0
