@@ -75,6 +75,27 @@ def import_vllm() -> Any:
     return vllm
 
 
+class _DropExpectedWarnings(logging.Filter):
+    """Two vLLM warnings that are expected here, and would otherwise repeat with a traceback at
+    every start-up and at every weight sync: the chat-template warm-up that fails without a
+    tokenizer (this backend never renders chats), and a rotary embedding "failing" to reload (its
+    cos/sin cache is computed from the config, holds no weights, and is kept as it was)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Chat template warmup failed"):
+            return False
+        if record.msg == "%s: Failed to load weights" and record.args and str(record.args[0]).endswith("RotaryEmbedding"):
+            return False
+        return True
+
+
+def _quiet_expected_vllm_warnings() -> None:
+    for name in ("vllm.renderers.base", "vllm.model_executor.model_loader.reload.layerwise"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropExpectedWarnings) for f in logger.filters):
+            logger.addFilter(_DropExpectedWarnings())
+
+
 def policy_version(policy: torch.nn.Module) -> tuple[tuple[int, int], ...]:
     """Changes whenever a parameter is replaced or written in place (not through ``.data``)."""
     return tuple((id(p), p._version) for p in policy.parameters())
@@ -98,6 +119,9 @@ class VLLMSampler(Sampler):
         path = model_path or getattr(_unwrapped(model), "name_or_path", "")
         if not path:
             raise ConfigError(f"sampler=vllm needs the policy's model directory or hub id (got {path!r})")
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            raise ConfigError("sampler=vllm runs in single-process training only for now (use sampler=hf with accelerate launch)")
+        _quiet_expected_vllm_warnings()
         self.dtype = next(model.parameters()).dtype
         self.on_cpu = current_platform.is_cpu()
         self.sleep_mode = bool(sampler_cfg.enable_sleep_mode)
