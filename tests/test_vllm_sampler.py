@@ -186,11 +186,16 @@ class TestVLLMSampler:
             sampler.generate(PROMPTS, n=1)
         sampler.sync_weights(policy)
         sampler.generate(PROMPTS, n=1)
-        with torch.no_grad():  # any in-place write counts, not only optimizer steps
-            policy.model.norm.weight.mul_(1.01)
+        fused = torch.optim.AdamW(policy.parameters(), lr=1e-3, fused=True)  # leaves tensor versions alone
+        _sft_step(policy, fused, tokenizer, "2")
         with pytest.raises(StaleWeightsError):
             sampler.generate(PROMPTS, n=1, greedy=True)
-        policy.load_state_dict(copy.deepcopy(policy.state_dict()))  # so does loading a checkpoint
+        sampler.sync_weights(policy)
+        policy.model.norm.weight.data.mul_(1.01)  # any write counts, also through .data
+        with pytest.raises(StaleWeightsError):
+            sampler.generate(PROMPTS, n=1, greedy=True)
+        state = {name: tensor * 1.01 for name, tensor in policy.state_dict().items()}
+        policy.load_state_dict(state)  # and loading a checkpoint
         with pytest.raises(StaleWeightsError):
             sampler.generate(PROMPTS, n=1, greedy=True)
         sampler.sync_weights(policy)

@@ -10,10 +10,10 @@ is pushed from the policy:
   and redoes the post-load processing, e.g. the CPU build's packed weights), then clears the
   prefix cache, whose keys and values were computed with the old weights. The trainer calls it
   after every optimizer step.
-- Staleness is checked, never assumed: a sync records every policy parameter's identity and
-  in-place version counter (``Tensor._version``, bumped by ``optimizer.step()``,
-  ``load_state_dict`` and any other in-place write); ``generate`` raises ``StaleWeightsError``
-  if any of them moved since, i.e. if the policy changed and nobody synced.
+- Staleness is checked, never assumed: a sync records a fingerprint of the policy's weights
+  (every parameter's float64 sum and L2 norm), and ``generate`` recomputes it and raises
+  ``StaleWeightsError`` if it moved, i.e. if the policy changed and nobody synced. (Tensor version
+  counters would be cheaper, but a fused AdamW step does not bump them.)
 - The push itself is verified: the first ``generate`` after a sync scores a probe sequence (the
   batch's own first prompts) with the engine's prompt log-probs and with a forward pass of the
   policy, and raises ``WeightSyncError`` if they disagree by more than the dtype's tolerance
@@ -96,9 +96,14 @@ def _quiet_expected_vllm_warnings() -> None:
             logger.addFilter(_DropExpectedWarnings())
 
 
-def policy_version(policy: torch.nn.Module) -> tuple[tuple[int, int], ...]:
-    """Changes whenever a parameter is replaced or written in place (not through ``.data``)."""
-    return tuple((id(p), p._version) for p in policy.parameters())
+@torch.no_grad()
+def policy_fingerprint(policy: torch.nn.Module) -> torch.Tensor:
+    """Each parameter's sum and L2 norm, accumulated in float64: changes whenever the weights do,
+    however they were written (an optimizer step, fused or not, ``load_state_dict``, ``.data``).
+    Reading every weight once costs a few milliseconds on a GPU for a 3B model."""
+    stats = [torch.stack([p.sum(dtype=torch.float64), torch.linalg.vector_norm(p, dtype=torch.float64)])
+             for p in policy.parameters()]
+    return torch.stack(stats).cpu()
 
 
 def _unwrapped(policy: torch.nn.Module) -> torch.nn.Module:
@@ -150,7 +155,7 @@ class VLLMSampler(Sampler):
             if cuda_rng is not None:
                 torch.cuda.set_rng_state_all(cuda_rng)
         self.weights_awake = self.kv_awake = True
-        self.synced_version: tuple[tuple[int, int], ...] | None = None
+        self.synced_fingerprint: torch.Tensor | None = None
         self.verified = False
         self.syncs = 0
         self.sync_weights(model)
@@ -168,13 +173,14 @@ class VLLMSampler(Sampler):
             # The worker's in-place reload, run in this process: the tensors go by reference.
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()  # cached keys/values were computed with the old weights
-        self.synced_version = policy_version(policy)
+        self.synced_fingerprint = policy_fingerprint(policy)
         self.verified = False
         self.syncs += 1
 
     def check_fresh(self) -> None:
         """Raise ``StaleWeightsError`` if the policy changed after the last sync."""
-        if self.synced_version != policy_version(self.policy):
+        now = policy_fingerprint(self.policy)
+        if self.synced_fingerprint is None or not torch.equal(self.synced_fingerprint, now):
             raise StaleWeightsError(
                 "the policy's weights changed after the last sampler.sync_weights(policy): the vLLM engine "
                 "would sample an old policy (call sync_weights after every optimizer step)"
