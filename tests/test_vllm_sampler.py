@@ -4,11 +4,12 @@ samples from weights older than the policy's.
 Run with ``make test-vllm`` (its own venv with vLLM's CPU build). In a venv without vLLM the
 ``vllm``-marked tests skip; the install-hint test runs everywhere.
 
-One engine (about 20 s to start on 2 cores) serves the whole module. Tests that change the policy
-leave it synced, and every test compares against the policy as it is at that moment, so the order
-does not matter. The model is the embedded tiny Qwen2 with 2 heads of size 32 (vLLM's CPU attention
-supports head sizes 32, 64, 80, ...; the embedded default's 48 is not one of them), warm-started
-for a few steps so its greedy completions are arithmetic-looking, not noise.
+One engine (about 20 s to start on 2 idle cores) serves the TestVLLMSampler class; the trainer
+test builds its own. Tests that change the policy leave it synced, and every test compares against
+the policy as it is at that moment, so their order does not matter. The model is the embedded tiny
+Qwen2 with 2 heads of size 32 (vLLM's CPU attention supports head sizes 32, 64, 80, ...; the
+embedded default's 48 is not one of them), warm-started for a few steps so that its next-token
+distributions are peaked and greedy decoding is not decided by near-ties.
 """
 
 from __future__ import annotations
