@@ -124,6 +124,17 @@ def test_without_vllm_sampler_vllm_stops_with_one_line_saying_how_to_install_it(
 
 @pytest.mark.vllm
 @pytest.mark.skipif(not HAVE_VLLM, reason="vLLM is not installed here (make test-vllm installs it and runs these)")
+def test_a_head_size_the_cpu_build_cannot_run_is_one_line_before_any_engine_starts():
+    cfg = compose("debug=true", "sampler=vllm")  # the embedded debug model: 4 heads of size 12
+    tokenizer = build_char_tokenizer(ALPHABET)
+    model = build_tiny_model(cfg.model, tokenizer, seed=0)
+    with pytest.raises(ConfigError, match="head size") as err:
+        build_sampler(cfg.sampler, model, tokenizer, model_path="unused")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not HAVE_VLLM, reason="vLLM is not installed here (make test-vllm installs it and runs these)")
 class TestVLLMSampler:
     def test_same_prompts_and_seed_through_both_backends_give_valid_completions(self, setup):
         cfg, policy, tokenizer, vllm_sampler = setup

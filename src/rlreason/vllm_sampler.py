@@ -300,5 +300,6 @@ class VLLMSampler(Sampler):
         if head_dim not in supported:
             raise ConfigError(
                 f"sampler=vllm on CPU needs an attention head size in {supported}; this model's is {head_dim} "
-                f"(hidden_size {config.hidden_size} / {config.num_attention_heads} heads)"
+                f"(hidden_size {config.hidden_size} / {config.num_attention_heads} heads; the embedded model, e.g.: "
+                "model.hidden_size=64 model.num_attention_heads=2 model.num_key_value_heads=2)"
             )
