@@ -163,7 +163,6 @@ class Trainer:
         self.device = next(self.policy.parameters()).device
         a = cfg.algorithm
         self.reference = load_reference(self.base_path, cfg.model) if a.rl and cfg.kl.beta > 0 else None
-        self.sampler = build_sampler(cfg.sampler, self.policy, self.tokenizer, model_path=self.base_path, seed=cfg.seed)
         self.optimizer = torch.optim.AdamW(
             self.policy.parameters(),
             lr=cfg.optim.lr,
@@ -182,6 +181,8 @@ class Trainer:
             for model in (self.policy, self.reference):
                 if model is not None:
                     model.to(self.device)
+        # After the move: a vLLM engine takes its weights (and their fingerprint) from the policy where it trains.
+        self.sampler = build_sampler(cfg.sampler, self.policy, self.tokenizer, model_path=self.base_path, seed=cfg.seed)
         # Seeded after building, so whether the base model came from the cache or was just built
         # (its warm start draws random numbers) does not change what training samples.
         seed_everything(cfg.seed)
