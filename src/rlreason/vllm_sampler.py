@@ -23,8 +23,9 @@ is pushed from the policy:
   wakes its weight memory to take a push, and its KV cache just before sampling.
 
 Sampling semantics are the HF backend's: the same temperature, top-k (0: off), top-p,
-``max_new_tokens``, greedy as temperature 0, stop at the tokenizer's end-of-sequence token, the
-model's own generation defaults ignored, ``n`` rows per prompt laid out group by group,
+``max_new_tokens``, greedy as temperature 0, stop at the tokenizer's end-of-sequence token (vLLM
+also stops at any end-of-sequence id listed in the model's ``generation_config.json``: the same
+token for base models, an extra one for some chat models), the model's own sampling defaults ignored, ``n`` rows per prompt laid out group by group,
 ``batch_size`` capping the rows per engine call, and log-probs of the sampled tokens under the
 untempered policy (vLLM's ``raw_logprobs``). Randomness comes from torch's global generator
 (vLLM samples with the default generator of the device), seeded by the trainer like the HF
