@@ -78,7 +78,10 @@ def test_multirun_over_all_16_arms(tmp_path):
 def test_wandb_offline_history_matches_metrics_file(tmp_path):
     from rlreason.wandb_history import read_history, read_run_info
 
+    import wandb
+
     run(compose("debug=true", "logger=wandb", "logger.progress=false"), tmp_path)
+    wandb.teardown()  # the W&B service writes the offline file asynchronously; read it as a later process would
     history = read_history(tmp_path)
     by_step = {}
     for row in history:

@@ -59,6 +59,7 @@ def log_offline_run(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run.summary["scratch"] = 1
     del run.summary["scratch"]
     run.finish()
+    wandb.teardown()  # the W&B service writes the offline file asynchronously; wait until it is complete
 
 
 @pytest.fixture(scope="module")
