@@ -92,6 +92,8 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
         "python": platform.python_version(),
     }
 
@@ -118,6 +120,13 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def held_out_accuracy(sampler, task, cfg, greedy: bool) -> float:
+    """Held-out accuracy exactly as Trainer.evaluate computes it (sampled pass@1 or greedy)."""
+    test = task.test_examples()[: cfg.task.n_test or None]
+    done = sampler.generate([e.prompt for e in test], n=1, greedy=greedy, batch_size=cfg.eval.batch_size)
+    return sum(task.score(text, e) for text, e in zip(done.texts, test)) / len(test)
+
+
 # ---------------------------------------------------------------------------- part 1: our arms
 def run_arm(name: str, base_overrides: list[str], rep: int, out: Path) -> dict[str, Any]:
     """Train one arm with the project's own Trainer; returns the summary plus curves."""
@@ -129,9 +138,11 @@ def run_arm(name: str, base_overrides: list[str], rep: int, out: Path) -> dict[s
     validate(cfg)
     run_dir = out / "runs" / f"{name}-rep{rep}"
     trainer = Trainer(cfg, run_dir)
+    base_greedy = held_out_accuracy(trainer.sampler, trainer.task, cfg, greedy=True)
     torch.manual_seed(1000 + rep)  # the sampling seed of this repetition, the same for every arm
     load = load_average()
     summary = trainer.fit()
+    final_greedy = held_out_accuracy(trainer.sampler, trainer.task, cfg, greedy=True)
     train_rows = read_metrics(run_dir, "train")
     eval_rows = read_metrics(run_dir, "eval")
     elapsed = {0: 0.0, **{r["step"]: r["time/train_elapsed_s"] for r in train_rows}}
@@ -146,12 +157,14 @@ def run_arm(name: str, base_overrides: list[str], rep: int, out: Path) -> dict[s
         "completions": summary["steps"] * cfg.trainer.prompts_per_step * cfg.trainer.group_size,
         "train_s": summary["train_time_s"],
         **{f"{p}_s": summary[f"time/{p}_s"] for p in PHASES},
-        "final_acc": summary.get("final/greedy_acc"),
-        "base_acc": summary.get("base/greedy_acc"),
+        "final_acc": summary.get("final/sampled_acc"),
+        "final_greedy_acc": final_greedy,
+        "base_acc": summary.get("base/sampled_acc"),
+        "base_greedy_acc": base_greedy,
         "kept_frac": median([r["filter/kept_frac"] for r in train_rows]),
         "train_tokens": train_tokens,
         "gen_tokens": gen_tokens,
-        "curve": [(elapsed[r["step"]], r["step"], r["eval/greedy_acc"]) for r in eval_rows],
+        "curve": [(elapsed[r["step"]], r["step"], r["eval/sampled_acc"]) for r in eval_rows],
     }
     return row
 
@@ -184,12 +197,10 @@ def run_trl(name: str, base_overrides: list[str], rep: int, out: Path) -> dict[s
     def correct(completions: list[str], prompts: list[str], **_: Any) -> list[float]:
         return [task.score(c, by_prompt[p]) for c, p in zip(completions, prompts)]
 
-    test = task.test_examples()[: cfg.task.n_test or None]
     sampler = build_sampler(cfg.sampler, model, tokenizer)
 
-    def evaluate() -> float:
-        done = sampler.generate([e.prompt for e in test], n=1, greedy=True, batch_size=cfg.eval.batch_size)
-        return sum(task.score(text, e) for text, e in zip(done.texts, test)) / len(test)
+    def evaluate(greedy: bool = False) -> float:
+        return held_out_accuracy(sampler, task, cfg, greedy)
 
     timing = {"sampling": 0.0, "eval": 0.0}
     curve: list[tuple[float, int, float]] = []
@@ -249,11 +260,12 @@ def run_trl(name: str, base_overrides: list[str], rep: int, out: Path) -> dict[s
             timing["sampling"] += time.perf_counter() - start
 
     trainer._generate_and_score_completions = timed_generate
-    base_acc = evaluate()
+    base_acc, base_greedy = evaluate(), evaluate(greedy=True)
     load = load_average()
     timing["start"] = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - timing["start"] - timing["eval"]
+    final_greedy = evaluate(greedy=True)
     return {
         "arm": name,
         "rep": rep,
@@ -265,7 +277,9 @@ def run_trl(name: str, base_overrides: list[str], rep: int, out: Path) -> dict[s
         "sampling_s": timing["sampling"],  # TRL's generate + score (+ old log-probs when it needs them)
         "forward_backward_s": train_s - timing["sampling"],  # TRL's backprop and optimizer, together
         "final_acc": curve[-1][2] if curve else evaluate(),
+        "final_greedy_acc": final_greedy,
         "base_acc": base_acc,
+        "base_greedy_acc": base_greedy,
         "curve": curve,
     }
 
@@ -369,12 +383,23 @@ def rss_worker(spec: dict[str, Any]) -> dict[str, Any]:
     small = make_batch(prompts[:1], completions[:1], model.config.pad_token_id)
     token_logprobs(model, small)[0].sum().backward()
     model.zero_grad(set_to_none=False)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:  # Linux: reset the peak-RSS mark (VmHWM) to the current RSS, so loading the model does not hide the peak
+        Path("/proc/self/clear_refs").write_text("5")
+        before, read_peak = _proc_status_kb("VmRSS"), lambda: _proc_status_kb("VmHWM")
+    except OSError:  # elsewhere: max RSS since start (a lower bound on the growth if loading peaked higher)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        read_peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # noqa: E731
     logp, _ = token_logprobs(model, batch)
     loss, _ = policy_loss(logp, batch.completion_mask, torch.ones(len(prompts)), len(prompts))
     loss.backward()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"maxrss_before_mb": before / 1024, "peak_rss_delta_mb": (after - before) / 1024}
+    return {"rss_before_mb": before / 1024, "peak_rss_delta_mb": (read_peak() - before) / 1024}
+
+
+def _proc_status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(field)
 
 
 def rss_curve(base_overrides: list[str], path: str, rows, micro_sizes: list[int]) -> dict[int, float]:
@@ -442,7 +467,7 @@ def summarise(rows: list[dict[str, Any]], peak: float, fpt: tuple[float, float])
         mine = [r for r in rows if r["arm"] == arm]
         agg: dict[str, Any] = {"arm": arm, "reps": len(mine)}
         for key in ("train_s", "time_to_target_s", "sampling_s", "scoring_s", "reference_s", "forward_backward_s",
-                    "optimizer_s", "final_acc", "base_acc", "target_acc", "kept_frac", "flops_frac_step",
+                    "optimizer_s", "final_acc", "final_greedy_acc", "base_acc", "base_greedy_acc", "target_acc", "kept_frac", "flops_frac_step",
                     "flops_frac_backprop"):
             values = [r.get(key) for r in mine if r.get(key) is not None]
             agg[key] = median(values) if values else None
@@ -477,18 +502,20 @@ def fmt(x: Any, digits: int = 2) -> str:
 def markdown(table, gen_curve, bp_curve, peak, fpt, info, targets) -> str:
     lines = ["## Arms (medians over repetitions; seconds exclude evaluation)", "",
              "| arm | train s | vs grpo | vs trl | s to target acc | sampling | scoring | reference | fwd+bwd | "
-             "optimizer | completions/s | final acc (median) | final acc per rep | kept rows | FLOP/s of peak (step / backprop) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "optimizer | completions/s | sampled acc: base -> final (median) | final per rep | greedy acc: base -> final | kept rows | FLOP/s of peak (step / backprop) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in table:
         lines.append(
             f"| {a['arm']} | {fmt(a['train_s'], 1)} | {fmt(a.get('time_vs_grpo'))} | {fmt(a.get('time_vs_trl'))} | "
             f"{fmt(a['time_to_target_s'], 1)} | {fmt(a['sampling_s'], 1)} | {fmt(a['scoring_s'], 1)} | "
             f"{fmt(a['reference_s'], 1)} | {fmt(a['forward_backward_s'], 1)} | {fmt(a['optimizer_s'], 1)} | "
-            f"{fmt(a['completions_per_s'], 1)} | {fmt(a['final_acc'], 3)} | "
-            f"{', '.join(fmt(x, 3) for x in a['final_acc_all'])} | {fmt(a['kept_frac'])} | "
+            f"{fmt(a['completions_per_s'], 1)} | {fmt(a['base_acc'], 3)} -> {fmt(a['final_acc'], 3)} | "
+            f"{', '.join(fmt(x, 3) for x in a['final_acc_all'])} | {fmt(a['base_greedy_acc'], 3)} -> "
+            f"{fmt(a['final_greedy_acc'], 3)} | {fmt(a['kept_frac'])} | "
             f"{fmt(None if a['flops_frac_step'] is None else 100 * a['flops_frac_step'], 1)}% / "
             f"{fmt(None if a['flops_frac_backprop'] is None else 100 * a['flops_frac_backprop'], 1)}% |")
-    lines += ["", f"Target accuracy per repetition (lowest final accuracy among the arms): {targets}.",
+    lines += ["", f"Accuracy: held-out sampled pass@1 (temperature 1, one sample per problem) unless marked greedy. "
+              f"Target accuracy per repetition (lowest final sampled accuracy among the arms): {targets}.",
               "TRL's `sampling` column is its whole `_generate_and_score_completions` (generate, reward, advantages); "
               "its `fwd+bwd` column is the rest of its step (backprop and optimizer together).", "",
               "## Targets", ""]
@@ -563,10 +590,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke test: debug model, 3 steps, 1 repetition")
     parser.add_argument("--reps", type=int, default=None, help="repetitions of every arm (default 3; quick: 1)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps per arm (default 60; quick: 3)")
-    parser.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (default 10)")
-    parser.add_argument("--arms", default=",".join(list(ARMS) + list(TRL_ARMS)),
-                        help="comma-separated arms (grpo,dash_nofilter,dash,trl,trl_microgen)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per arm (default 20; quick: 3)")
+    parser.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (default 5)")
+    parser.add_argument("--arms", default="grpo,dash_nofilter,dash,trl",
+                        help="comma-separated arms out of grpo,dash_nofilter,dash,trl,trl_microgen")
     parser.add_argument("--no-curves", action="store_true", help="skip the throughput/memory curves")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default outputs/bench/<time>)")
     parser.add_argument("--rss-worker", help=argparse.SUPPRESS)
@@ -583,12 +610,12 @@ def main(argv: list[str] | None = None) -> int:
     transformers.utils.logging.disable_progress_bar()
     quick = args.quick
     reps = args.reps or (1 if quick else 3)
-    steps = args.steps or (3 if quick else 60)
-    every = args.eval_every or (1 if quick else 10)
+    steps = args.steps or (3 if quick else 20)
+    every = args.eval_every or (1 if quick else 5)
     out = args.out or ROOT / "outputs" / "bench" / time.strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
     base = ["logger=none", "logger.progress=false", f"trainer.steps={steps}", f"eval.every={every}",
-            "eval.sampled=false", "eval.at_start=true", "checkpoint.save_final=false"]
+            "eval.greedy=false", "eval.at_start=true", "checkpoint.save_final=false"]
     if quick:
         base += ["debug=true"]
     arms = [a for a in args.arms.split(",") if a]
