@@ -120,11 +120,17 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def held_out_accuracy(sampler, task, cfg, greedy: bool) -> float:
-    """Held-out accuracy exactly as Trainer.evaluate computes it (sampled pass@1 or greedy)."""
+# Samples per held-out problem for the final sampled accuracy of every arm (the curves use 1).
+FINAL_SAMPLES = 4
+
+
+def held_out_accuracy(sampler, task, cfg, greedy: bool, n: int = 1) -> float:
+    """Held-out accuracy as Trainer.evaluate computes it: greedy, or sampled pass@1 (the mean
+    over ``n`` samples per problem at the training temperature)."""
     test = task.test_examples()[: cfg.task.n_test or None]
-    done = sampler.generate([e.prompt for e in test], n=1, greedy=greedy, batch_size=cfg.eval.batch_size)
-    return sum(task.score(text, e) for text, e in zip(done.texts, test)) / len(test)
+    done = sampler.generate([e.prompt for e in test], n=1 if greedy else n, greedy=greedy, batch_size=cfg.eval.batch_size)
+    per = 1 if greedy else n
+    return sum(task.score(text, test[i // per]) for i, text in enumerate(done.texts)) / len(done.texts)
 
 
 # ---------------------------------------------------------------------------- part 1: our arms
@@ -143,6 +149,7 @@ def run_arm(name: str, base_overrides: list[str], rep: int, out: Path) -> dict[s
     load = load_average()
     summary = trainer.fit()
     final_greedy = held_out_accuracy(trainer.sampler, trainer.task, cfg, greedy=True)
+    final_sampled = held_out_accuracy(trainer.sampler, trainer.task, cfg, greedy=False, n=FINAL_SAMPLES)
     train_rows = read_metrics(run_dir, "train")
     eval_rows = read_metrics(run_dir, "eval")
     elapsed = {0: 0.0, **{r["step"]: r["time/train_elapsed_s"] for r in train_rows}}
@@ -157,7 +164,7 @@ def run_arm(name: str, base_overrides: list[str], rep: int, out: Path) -> dict[s
         "completions": summary["steps"] * cfg.trainer.prompts_per_step * cfg.trainer.group_size,
         "train_s": summary["train_time_s"],
         **{f"{p}_s": summary[f"time/{p}_s"] for p in PHASES},
-        "final_acc": summary.get("final/sampled_acc"),
+        "final_acc": final_sampled,
         "final_greedy_acc": final_greedy,
         "base_acc": summary.get("base/sampled_acc"),
         "base_greedy_acc": base_greedy,
@@ -261,11 +268,13 @@ def run_trl(name: str, base_overrides: list[str], rep: int, out: Path) -> dict[s
 
     trainer._generate_and_score_completions = timed_generate
     base_acc, base_greedy = evaluate(), evaluate(greedy=True)
+    curve.append((0.0, 0, base_acc))
     load = load_average()
     timing["start"] = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - timing["start"] - timing["eval"]
     final_greedy = evaluate(greedy=True)
+    final_sampled = held_out_accuracy(sampler, task, cfg, greedy=False, n=FINAL_SAMPLES)
     return {
         "arm": name,
         "rep": rep,
@@ -276,7 +285,7 @@ def run_trl(name: str, base_overrides: list[str], rep: int, out: Path) -> dict[s
         "train_s": train_s,
         "sampling_s": timing["sampling"],  # TRL's generate + score (+ old log-probs when it needs them)
         "forward_backward_s": train_s - timing["sampling"],  # TRL's backprop and optimizer, together
-        "final_acc": curve[-1][2] if curve else evaluate(),
+        "final_acc": final_sampled,
         "final_greedy_acc": final_greedy,
         "base_acc": base_acc,
         "base_greedy_acc": base_greedy,
@@ -453,7 +462,7 @@ def summarise(rows: list[dict[str, Any]], peak: float, fpt: tuple[float, float])
     reps = sorted({r["rep"] for r in rows})
     for rep in reps:
         mine = [r for r in rows if r["rep"] == rep]
-        target = min(r["final_acc"] for r in mine)
+        target = min(r["final_acc"] for r in mine) - 0.02  # slack for the curves' noisier single-sample evals
         for r in mine:
             r["target_acc"] = target
             r["time_to_target_s"] = time_to(r["curve"], target)
@@ -514,8 +523,10 @@ def markdown(table, gen_curve, bp_curve, peak, fpt, info, targets) -> str:
             f"{fmt(a['final_greedy_acc'], 3)} | {fmt(a['kept_frac'])} | "
             f"{fmt(None if a['flops_frac_step'] is None else 100 * a['flops_frac_step'], 1)}% / "
             f"{fmt(None if a['flops_frac_backprop'] is None else 100 * a['flops_frac_backprop'], 1)}% |")
-    lines += ["", f"Accuracy: held-out sampled pass@1 (temperature 1, one sample per problem) unless marked greedy. "
-              f"Target accuracy per repetition (lowest final sampled accuracy among the arms): {targets}.",
+    lines += ["", f"Accuracy: held-out sampled pass@1 at temperature 1 (final: {FINAL_SAMPLES} samples per problem; "
+              f"the curves for time-to-target: 1 sample per problem, every eval.every steps) unless marked greedy. "
+              f"Target accuracy per repetition: the lowest final accuracy among the arms minus 0.02, "
+              f"reached first on the curves: {targets}.",
               "TRL's `sampling` column is its whole `_generate_and_score_completions` (generate, reward, advantages); "
               "its `fwd+bwd` column is the rest of its step (backprop and optimizer together).", "",
               "## Targets", ""]
