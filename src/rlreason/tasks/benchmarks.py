@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlreason.errors import ConfigError, DataError
+from rlreason.errors import ConfigError, DataError, first_line
 from rlreason.tasks.base import Example, Task
 from rlreason.verify import gsm8k_answer, last_boxed, math_reward
 
@@ -111,7 +111,7 @@ def load_sft_traces(path: str | Path) -> dict[str, str]:
     prompt template; pass the result to ``BenchmarkTask(demonstrations=...)``.
     """
     traces: dict[str, str] = {}
-    first_line: dict[str, int] = {}
+    seen_at: dict[str, int] = {}
     for number, row in _jsonl_rows(Path(path), str(path)):
         for column in ("problem", "completion"):
             if column not in row:
@@ -119,16 +119,11 @@ def load_sft_traces(path: str | Path) -> dict[str, str]:
             if not isinstance(row[column], str):
                 kind = type(row[column]).__name__
                 raise DataError(f"{path} line {number}: field '{column}' must be a string, got {kind}")
-        if row["problem"] in first_line:
-            raise DataError(f"{path} line {number}: duplicate problem (first at line {first_line[row['problem']]})")
-        first_line[row["problem"]] = number
+        if row["problem"] in seen_at:
+            raise DataError(f"{path} line {number}: duplicate problem (first at line {seen_at[row['problem']]})")
+        seen_at[row["problem"]] = number
         traces[row["problem"]] = row["completion"]
     return traces
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__
 
 
 def _check_prompt_template(template: str) -> None:
@@ -207,7 +202,7 @@ class BenchmarkTask(Task):
                 [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
             )
         except Exception as error:
-            reason = _first_line(error)
+            reason = first_line(error)[:200]
             raise ConfigError(f"task.chat_template=true but the tokenizer cannot apply one: {reason}") from None
 
     def _example(self, record: Record) -> Example:
@@ -262,7 +257,7 @@ class _LocalFiles:
         try:
             rows = datasets.load_dataset("json", data_files={split: str(path)}, split=split)
         except Exception as error:
-            raise DataError(f"{label}: datasets could not read it ({_first_line(error)})") from None
+            raise DataError(f"{label}: datasets could not read it ({first_line(error)[:200]})") from None
         return [self.to_record(row) for row in rows]
 
 
@@ -286,7 +281,7 @@ class _Hub:
                 rows = datasets.load_dataset(self.dataset, config, split=split)
             except Exception as error:
                 raise DataError(
-                    f"could not load dataset {where} from the hub ({_first_line(error)}); "
+                    f"could not load dataset {where} from the hub ({first_line(error)[:200]}); "
                     "offline, set task.data_files to local JSONL files, e.g. '++task.data_files={test: test.jsonl}'"
                 ) from None
             for index, row in enumerate(rows):
