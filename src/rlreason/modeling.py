@@ -179,10 +179,11 @@ def warm_start(model: Any, tokenizer: Any, task: Task, ws_cfg: Any, seed: int) -
             log.info("warm start %d/%d: token nll %.3f", step + 1, ws_cfg.steps, nll)
 
 
-def load_policy(cfg: Any, task: Task) -> tuple[Any, Any, str]:
-    """(policy, tokenizer, base path); the policy trains, the tokenizer pads on the left."""
+def load_policy(cfg: Any, task: Task, tokenizer: Any = None) -> tuple[Any, Any, str]:
+    """(policy, tokenizer, base path); the policy trains, the tokenizer pads on the left. A tokenizer
+    already loaded from the same path is reused."""
     path = base_model_path(cfg, task)
-    tokenizer = load_tokenizer(path)
+    tokenizer = tokenizer or load_tokenizer(path)
     model = load_model(path, cfg.model)
     model.train()
     return model, tokenizer, path

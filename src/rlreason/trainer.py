@@ -39,7 +39,7 @@ from rlreason.checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from rlreason.config import resolve_model_path, resume_conflicts
+from rlreason.config import resolve_model_path, resume_conflicts, validate
 from rlreason.distributed import Parallel, get_parallel
 from rlreason.errors import ConfigError, TrainingDiverged
 from rlreason.metrics import METRICS_FILE, MetricsWriter, NullWriter, read_metrics, truncate_metrics
@@ -100,10 +100,9 @@ class Rollout:
     keep: torch.Tensor
     zero_std_groups: int
 
-    def rows(self, indices: list[int] | None = None) -> UpdateRows:
-        """The kept rows among ``indices`` (all rows if None)."""
-        indices = range(len(self.rewards)) if indices is None else indices
-        kept = [i for i in indices if bool(self.keep[i])]
+    def rows(self) -> UpdateRows:
+        """The rows the gradient filter kept."""
+        kept = [i for i in range(len(self.rewards)) if bool(self.keep[i])]
         return UpdateRows(
             prompt_ids=[self.completions.prompt_ids[i] for i in kept],
             completion_ids=[self.completions.completion_ids[i] for i in kept],
@@ -148,9 +147,7 @@ class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: Path, parallel: Parallel | None = None):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.parallel = parallel or get_parallel()
-        if cfg.trainer.prompts_per_step % self.parallel.world_size:
-            raise ConfigError(f"trainer.prompts_per_step={cfg.trainer.prompts_per_step} must be a multiple of the "
-                              f"number of processes ({self.parallel.world_size}): each process samples whole groups")
+        validate(cfg, world_size=self.parallel.world_size)  # also when built without the CLI (tests, scripts)
         if cfg.resume and self.parallel.uses_deepspeed:
             raise ConfigError("resume=true is not supported under DeepSpeed (its optimizer state is sharded); use DDP")
         resume_from = self._checkpoint_to_resume()  # before any slow loading: a conflict fails at once
@@ -159,7 +156,7 @@ class Trainer:
         hub_tokenizer = load_tokenizer(resolve_model_path(cfg.model.name_or_path)) if cfg.model.name_or_path else None
         self.task = build_task(cfg.task, tokenizer=hub_tokenizer, sft_source=cfg.sft.source)
         self.eval_tasks = {name: build_task(task_cfg, tokenizer=hub_tokenizer) for name, task_cfg in cfg.eval.tasks.items()}
-        self.policy, self.tokenizer, self.base_path = load_policy(cfg, self.task)
+        self.policy, self.tokenizer, self.base_path = load_policy(cfg, self.task, tokenizer=hub_tokenizer)
         self.device = next(self.policy.parameters()).device
         a = cfg.algorithm
         self.reference = load_reference(self.base_path, cfg.model) if a.rl and cfg.kl.beta > 0 else None
