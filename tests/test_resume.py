@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import wandb
 
 from conftest import ROOT, compose
 from rlreason.checkpoint import latest_checkpoint, load_trainer_state
@@ -132,11 +133,13 @@ def test_sigterm_stops_cleanly_and_the_resumed_run_has_each_step_once_in_wandb(
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
     assert stopped.value.code == 128 + signal.SIGTERM
+    wandb.teardown()  # as the process exit would: the W&B service finishes writing the file
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
     assert steps(tmp_path, "train") == [1, 2, 3, 4], read_metrics(tmp_path)
 
     monkeypatch.setattr(Trainer, "train_step", original)
     run(compose(*RUN, "resume=true"), tmp_path)
+    wandb.teardown()  # the W&B service writes the offline file asynchronously; read it as a later process would
     segments = wandb_segments(tmp_path)
     assert len(segments) == 2, segments
     assert read_run_info(segments[0])["id"] == read_run_info(segments[1])["id"]
