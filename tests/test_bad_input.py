@@ -21,6 +21,7 @@ import wandb
 from safetensors.torch import load_file
 
 from conftest import ROOT, compose
+from rlreason import metrics as metrics_module
 from rlreason import trainer as trainer_module
 from rlreason.checkpoint import DONE_MARK, latest_checkpoint, list_checkpoints, load_trainer_state
 from rlreason.cli import run, run_and_report
@@ -77,6 +78,11 @@ def test_bad_command_line_is_one_line(overrides: list[str], fragments: list[str]
 def test_missing_model_path_is_one_line(tmp_path: Path) -> None:
     proc = train_py("model.name_or_path=/nonexistent/model", "logger=none", f"hydra.run.dir={tmp_path}")
     assert_one_error_line(proc, "model path '/nonexistent/model' does not exist")
+
+
+def test_a_vocabulary_smaller_than_the_tokenizer_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = compose(*SHORT, "model.vocab_size=4", f"cache_dir={tmp_path / 'cache'}", "logger=none")
+    assert report(cfg, tmp_path / "run", capsys) == "error: model.vocab_size=4 is smaller than the tokenizer's 16 tokens"
 
 
 def report(cfg, run_dir: Path, capsys: pytest.CaptureFixture[str]) -> str:
@@ -175,6 +181,41 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(
     run(compose(*SHORT, "trainer.steps=3", "checkpoint.every=1", "logger=none", "resume=true"), tmp_path)
     assert [r["step"] for r in read_metrics(tmp_path, "train")] == [1, 2, 3]
     assert load_trainer_state(latest_checkpoint(tmp_path))["step"] == 3
+
+
+def test_full_disk_while_writing_metrics_is_one_line_and_the_run_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class DiskFillsAtStep2:
+        """metrics.jsonl as the disk fills: the row of step 2 cannot be written."""
+
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, text: str) -> int:
+            if text.startswith('{"kind": "train", "step": 2,'):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.file.write(text)
+
+        def __getattr__(self, name: str):
+            return getattr(self.file, name)
+
+    def opening(path, *args, **kwargs):
+        file = open(path, *args, **kwargs)
+        return DiskFillsAtStep2(file) if Path(path).name == "metrics.jsonl" else file
+
+    with monkeypatch.context() as patch:
+        patch.setattr(metrics_module, "open", opening, raising=False)
+        line = report(compose(*SHORT, "trainer.steps=3", "checkpoint.every=1", "logger=none"), tmp_path, capsys)
+    assert line == (
+        f"error: could not write {tmp_path / 'metrics.jsonl'} at step 2 (No space left on device); the rows before "
+        "it and the last checkpoint are intact: resume=true continues from that checkpoint"
+    )
+    assert [r["step"] for r in read_metrics(tmp_path, "train")] == [1]
+    assert load_trainer_state(latest_checkpoint(tmp_path))["step"] == 1
+
+    run(compose(*SHORT, "trainer.steps=3", "checkpoint.every=1", "logger=none", "resume=true"), tmp_path)
+    assert [r["step"] for r in read_metrics(tmp_path, "train")] == [1, 2, 3]
 
 
 # --- W&B ---------------------------------------------------------------------------------------------

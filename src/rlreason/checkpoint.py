@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlreason.errors import CheckpointError, first_line
+from rlreason.errors import OutputError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def save_checkpoint(run_dir: Path, step: int, policy: Any, tokenizer: Any, train
     """Write step ``step`` atomically, then prune to the newest ``keep`` complete checkpoints.
 
     A failed write (a full disk, no permission) removes the partial folder and raises
-    CheckpointError naming the cause and the checkpoint that is still intact.
+    OutputError naming the cause and the checkpoint that is still intact.
     """
     target = checkpoint_dir(run_dir, step)
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
@@ -77,7 +77,7 @@ def save_checkpoint(run_dir: Path, step: int, policy: Any, tokenizer: Any, train
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {first_line(exc)}"
         previous = latest_checkpoint(run_dir)
         kept = f"the last complete checkpoint, {previous}, is intact" if previous else "there is no earlier checkpoint"
-        raise CheckpointError(f"could not write checkpoint {target} ({reason}); {kept}") from exc
+        raise OutputError(f"could not write checkpoint {target} ({reason}); {kept}") from exc
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return target

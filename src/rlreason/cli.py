@@ -64,9 +64,7 @@ def run_and_report(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | No
         message = f"error: {exc}"
         print(message, file=sys.stderr)
         if main_process:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / ERROR_FILE).write_text(message + "\n")
-            _mark_failed(run_dir, str(exc))
+            _record_failure(run_dir, message + "\n", str(exc))
         if multirun:
             return None
         sys.exit(2)
@@ -74,9 +72,7 @@ def run_and_report(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | No
         log.exception("run failed")
         error = f"{type(exc).__name__}: {first_line(exc)}"
         if main_process:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / ERROR_FILE).write_text(traceback.format_exc())
-            _mark_failed(run_dir, error)
+            _record_failure(run_dir, traceback.format_exc(), error)
         if multirun:
             print(f"error: {error} (traceback in {run_dir / ERROR_FILE})", file=sys.stderr)
             return None
@@ -88,12 +84,18 @@ def run_and_report(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | No
     return summary.get("final/greedy_acc")
 
 
-def _mark_failed(run_dir: Path, error: str) -> None:
-    """Record the failure in summary.json (keeping what a partial run already wrote)."""
-    path = run_dir / "summary.json"
-    summary = json.loads(path.read_text()) if path.exists() else {}
-    summary.update(status="failed", error=error)
-    path.write_text(json.dumps(summary, indent=2))
+def _record_failure(run_dir: Path, details: str, error: str) -> None:
+    """error.txt, and the failure in summary.json (keeping what a partial run already wrote).
+    Best effort: on a full disk the error line on stderr is the record."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / ERROR_FILE).write_text(details)
+        path = run_dir / "summary.json"
+        summary = json.loads(path.read_text()) if path.exists() else {}
+        summary.update(status="failed", error=error)
+        path.write_text(json.dumps(summary, indent=2))
+    except OSError:
+        pass
 
 
 def hydra_error_line(exc: CompactHydraException) -> str:

@@ -27,5 +27,6 @@ class TrainingDiverged(UserError):
     """Too many non-finite losses or gradients in a row; the last good checkpoint is kept."""
 
 
-class CheckpointError(UserError):
-    """A checkpoint could not be written (disk full, no permission); the previous one is intact."""
+class OutputError(UserError):
+    """A checkpoint or metrics.jsonl could not be written (disk full, no permission); what was
+    written before is intact, so the run resumes from its last checkpoint."""

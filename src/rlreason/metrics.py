@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rlreason.errors import first_line
+from rlreason.errors import OutputError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,13 @@ class MetricsWriter:
     def log(self, kind: str, step: int, metrics: dict[str, Any]) -> None:
         """One row: ``kind`` is train or eval; ``step`` the optimizer step it was taken after."""
         row = {"kind": kind, "step": step, **{k: _clean(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(row) + "\n")
+        try:
+            self._file.write(json.dumps(row) + "\n")
+        except OSError as exc:
+            raise OutputError(
+                f"could not write {self.path} at step {step} ({exc.strerror or first_line(exc)}); the rows "
+                "before it and the last checkpoint are intact: resume=true continues from that checkpoint"
+            ) from exc
         self._to_wandb(step, metrics)
 
     def log_completions(self, step: int, rows: list[tuple[str, str, float]]) -> None:
@@ -145,12 +151,18 @@ class MetricsWriter:
             held = f"step {first} is" if first == last else f"steps {first}-{last} are"
             log.warning("W&B has the steps up to the last checkpoint; %s only in %s (a resume computes them again)",
                         held, self.path)
-        (self.run_dir / SUMMARY_FILE).write_text(json.dumps({k: _clean(v) for k, v in summary.items()}, indent=2))
+        try:
+            (self.run_dir / SUMMARY_FILE).write_text(json.dumps({k: _clean(v) for k, v in summary.items()}, indent=2))
+        except OSError as exc:  # a full disk: W&B still gets the summary below
+            log.warning("could not write %s (%s)", self.run_dir / SUMMARY_FILE, exc.strerror or first_line(exc))
         self.close(summary)
 
     def close(self, summary: dict[str, Any] | None = None) -> None:
         if not self._file.closed:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:  # the failed write's buffered remainder; log() has already reported it
+                pass
         if self.wandb_run is not None:
             if summary:
                 for key, value in summary.items():
