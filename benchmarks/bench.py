@@ -43,10 +43,22 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-import rlreason  # noqa: E402,F401  (sets OpenMP's wait policy before torch loads it)
 import torch  # noqa: E402
 
 log = logging.getLogger("bench")
+# Every arm and curve runs here: the GPU when there is one (as the Trainer picks it), else the CPU.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# --shape NAME: time conf/model/NAME-shape.yaml (a real model's shape, random weights) at realistic lengths.
+SHAPES = ("qwen2.5-0.5b",)
+SHAPE_MAX_NEW_TOKENS = 512
+# What the memory curve measures: the resident set of a fresh process (CPU) or the allocator's peak (GPU).
+MEMORY_KIND = "GPU allocator" if DEVICE.type == "cuda" else "RSS (fresh process)"  # about the paper's response lengths at the end of training (548-627 tokens)
+
+
+def sync() -> None:
+    """Wait for queued GPU work, so a clock read after it measures it."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 # The arms of part 1: Hydra overrides on top of the embedded default.
 ARMS: dict[str, list[str]] = {
@@ -90,6 +102,7 @@ def machine() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "memory_gib": round(mem_gib, 1),
         "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu",
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
@@ -98,16 +111,18 @@ def machine() -> dict[str, Any]:
     }
 
 
-def matmul_peak(seconds: float = 0.5) -> float:
-    """Best fp32 matmul FLOP/s over a few square sizes (the machine's practical peak, now)."""
+def matmul_peak(seconds: float = 0.5, dtype: torch.dtype = torch.float32) -> float:
+    """Best matmul FLOP/s over a few square sizes in the model's dtype (the device's practical peak, now)."""
     best = 0.0
-    for n in (512, 1024, 2048):
-        a, b = torch.randn(n, n), torch.randn(n, n)
+    for n in (512, 1024, 2048) if DEVICE.type == "cpu" else (2048, 4096, 8192):
+        a, b = (torch.randn(n, n, dtype=dtype, device=DEVICE) for _ in range(2))
         torch.mm(a, b)
+        sync()
         reps, start = 0, time.perf_counter()
         while True:
             torch.mm(a, b)
             reps += 1
+            sync()
             elapsed = time.perf_counter() - start
             if elapsed >= seconds:
                 break
@@ -225,8 +240,8 @@ def run_trl(name: str, base_overrides: list[str], rep: int, out: Path) -> dict[s
     steps_per_generation = TRL_ARMS[name]
     args = GRPOConfig(
         output_dir=str(out / "runs" / f"{name}-rep{rep}"),
-        use_cpu=True,
-        bf16=False,  # TRL turns bf16 on by default, even on CPU; our arms train in fp32
+        use_cpu=DEVICE.type == "cpu",
+        bf16=False,  # TRL turns on bf16 autocast by default, even on CPU; our arms compute in the model's dtype
         gradient_checkpointing=False,  # on by default in TRL; ours is off
         learning_rate=cfg.optim.lr,
         lr_scheduler_type="constant",
@@ -301,7 +316,7 @@ def load_base(base_overrides: list[str]):
     cfg = compose(base_overrides)
     task = build_task(cfg.task)
     path = base_model_path(cfg, task)
-    return cfg, task, load_model(path, cfg.model), load_tokenizer(path)
+    return cfg, task, load_model(path, cfg.model).to(DEVICE), load_tokenizer(path)
 
 
 def sample_rows(cfg, task, model, tokenizer, n_rows: int):
@@ -334,7 +349,8 @@ def generation_curve(cfg, task, model, tokenizer, batch_sizes: list[int], reps: 
 
 def backprop_curve(cfg, model, rows, micro_sizes: list[int], reps: int) -> list[dict[str, Any]]:
     """Forward+backward tokens/s over the same rows in micro-batches of each size, and the bytes
-    autograd saves for backward per micro-batch (activation memory, counted exactly)."""
+    autograd saves for backward per micro-batch (activation memory, counted exactly); on a GPU also
+    the allocator's peak growth over one forward+backward of the longest rows."""
     from rlreason.batching import make_batch, token_logprobs
     from rlreason.rl import policy_loss
 
@@ -349,16 +365,28 @@ def backprop_curve(cfg, model, rows, micro_sizes: list[int], reps: int) -> list[
             tokens, start = 0, time.perf_counter()
             for s in range(0, len(order), m):
                 chunk = order[s : s + m]
-                batch = make_batch([prompts[i] for i in chunk], [completions[i] for i in chunk], pad)
+                batch = make_batch([prompts[i] for i in chunk], [completions[i] for i in chunk], pad, DEVICE)
                 logp, _ = token_logprobs(model, batch)
-                loss, _ = policy_loss(logp, batch.completion_mask, torch.ones(len(chunk)), len(order))
+                loss, _ = policy_loss(logp, batch.completion_mask, torch.ones(len(chunk), device=DEVICE), len(order))
                 loss.backward()
                 tokens += batch.num_tokens
+            sync()
             results[m].append(tokens / (time.perf_counter() - start))
             model.zero_grad(set_to_none=True)
+    peak_growth: dict[int, float] = {}
     for m in micro_sizes:
+        if DEVICE.type == "cuda":  # the CPU's counterpart is rss_curve, in fresh processes
+            batch = make_batch([prompts[i] for i in order[-m:]], [completions[i] for i in order[-m:]], pad, DEVICE)
+            sync()
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            logp, _ = token_logprobs(model, batch)
+            policy_loss(logp, batch.completion_mask, torch.ones(m, device=DEVICE), m)[0].backward()
+            sync()
+            peak_growth[m] = (torch.cuda.max_memory_allocated() - before) / 2**20
+            model.zero_grad(set_to_none=True)
         chunk = order[len(order) // 2 : len(order) // 2 + m] if m < len(order) else order
-        batch = make_batch([prompts[i] for i in chunk], [completions[i] for i in chunk], pad)
+        batch = make_batch([prompts[i] for i in chunk], [completions[i] for i in chunk], pad, DEVICE)
         seen: dict[int, int] = {}
 
         def pack(t: torch.Tensor) -> torch.Tensor:
@@ -368,13 +396,13 @@ def backprop_curve(cfg, model, rows, micro_sizes: list[int], reps: int) -> list[
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             logp, _ = token_logprobs(model, batch)
-            loss, _ = policy_loss(logp, batch.completion_mask, torch.ones(len(chunk)), len(chunk))
+            loss, _ = policy_loss(logp, batch.completion_mask, torch.ones(len(chunk), device=DEVICE), len(chunk))
         loss.backward()
         model.zero_grad(set_to_none=True)
         params = {p.untyped_storage().data_ptr() for p in model.parameters()}
         saved[m] = sum(n for ptr, n in seen.items() if ptr not in params)
     return [{"micro_batch": m, "backprop_tok_s": median(results[m]), "saved_activations_mb": saved[m] / 2**20,
-             "load_avg": load_average()} for m in micro_sizes]
+             "peak_mem_delta_mb": peak_growth.get(m), "load_avg": load_average()} for m in micro_sizes]
 
 
 def rss_worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -435,7 +463,7 @@ def flops_per_token(model, rows) -> tuple[float, float]:
     prompts, completions = rows
     fwd = fb = tokens = 0
     for p, c in list(zip(prompts, completions))[:8]:
-        batch = make_batch([p], [c], model.config.pad_token_id)
+        batch = make_batch([p], [c], model.config.pad_token_id, DEVICE)
         with FlopCounterMode(display=False) as counter:
             with torch.no_grad():
                 token_logprobs(model, batch)
@@ -554,12 +582,12 @@ def markdown(table, gen_curve, bp_curve, peak, fpt, info, targets) -> str:
               "| generation batch | new tokens/s | load |", "|---|---|---|"]
     lines += [f"| {g['generation_batch']} | {g['sampling_tok_s']:.0f} | {g['load_avg']} |" for g in gen_curve]
     lines += ["", "## Backprop throughput and memory against micro-batch size", "",
-              "| micro-batch | fwd+bwd tokens/s | activations saved for backward (MB) | peak RSS growth of one fwd+bwd (MB) | load |",
+              f"| micro-batch | fwd+bwd tokens/s | activations saved for backward (MB) | peak {MEMORY_KIND} growth of one fwd+bwd (MB) | load |",
               "|---|---|---|---|---|"]
     lines += [f"| {b['micro_batch']} | {b['backprop_tok_s']:.0f} | {b['saved_activations_mb']:.1f} | "
-              f"{fmt(b.get('peak_rss_delta_mb'), 1)} | {b['load_avg']} |" for b in bp_curve]
+              f"{fmt(b.get('peak_mem_delta_mb'), 1)} | {b['load_avg']} |" for b in bp_curve]
     lines += ["", "## Hardware", "",
-              f"- fp32 matmul peak measured in this run: {peak / 1e9:.1f} GFLOP/s",
+              f"- {info['dtype'].removeprefix('torch.')} matmul peak measured in this run on {info['device']}: {peak / 1e9:.1f} GFLOP/s",
               f"- model FLOPs per token (FlopCounterMode): forward {fpt[0] / 1e6:.2f} MFLOP, forward+backward {fpt[1] / 1e6:.2f} MFLOP",
               f"- machine: {json.dumps(info)}"]
     return "\n".join(lines) + "\n"
@@ -583,9 +611,9 @@ def plot(gen_curve, bp_curve, path: Path) -> None:
     axes[0].legend()
     axes[1].plot([b["micro_batch"] for b in bp_curve], [b["saved_activations_mb"] for b in bp_curve], "s-",
                  label="activations saved for backward")
-    if all(b.get("peak_rss_delta_mb") is not None for b in bp_curve):
-        axes[1].plot([b["micro_batch"] for b in bp_curve], [b["peak_rss_delta_mb"] for b in bp_curve], "^-",
-                     label="peak RSS growth (fresh process)")
+    if all(b.get("peak_mem_delta_mb") is not None for b in bp_curve):
+        axes[1].plot([b["micro_batch"] for b in bp_curve], [b["peak_mem_delta_mb"] for b in bp_curve], "^-",
+                     label=f"peak {MEMORY_KIND} growth")
     axes[1].set_xscale("log", base=2)
     axes[1].set_xlabel("micro-batch size (sequences)")
     axes[1].set_ylabel("MB")
@@ -606,6 +634,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arms", default="grpo,dash_nofilter,dash,trl",
                         help="comma-separated arms out of grpo,dash_nofilter,dash,trl,trl_microgen")
     parser.add_argument("--no-curves", action="store_true", help="skip the throughput/memory curves")
+    parser.add_argument("--shape", choices=SHAPES,
+                        help="time a random-weight model of this shape (model=<shape>-shape) at realistic lengths "
+                             f"(sampler.max_new_tokens={SHAPE_MAX_NEW_TOKENS}), for a GPU; accuracies are 0 by construction")
+    parser.add_argument("--set", action="append", default=[], metavar="OVERRIDE",
+                        help="a Hydra override for every arm and curve, e.g. --set sampler.max_new_tokens=256 (repeatable)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default outputs/bench/<time>)")
     parser.add_argument("--rss-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -630,6 +663,12 @@ def main(argv: list[str] | None = None) -> int:
     if quick:
         base += ["debug=true"]
     arms = [a for a in args.arms.split(",") if a]
+    if args.shape:
+        base += [f"model={args.shape}-shape", f"sampler.max_new_tokens={SHAPE_MAX_NEW_TOKENS}", "task.n_test_problems=16"]
+        if "dash" in arms:  # every reward is 0, so every group has zero spread
+            log.warning("--shape: skipping dash: with random weights every reward is 0 and the filter would drop every row")
+            arms.remove("dash")
+    base += args.set
     if any(a in TRL_ARMS for a in arms):
         try:
             import trl  # noqa: F401
@@ -640,9 +679,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     log.info("bench: %s; arms %s, %d reps x %d steps; load %s -> %s", info["cpu"], arms, reps, steps, load_average(), out)
 
-    peaks = [matmul_peak(0.1 if quick else 0.5)]
-    log.info("matmul peak %.1f GFLOP/s", peaks[0] / 1e9)
     cfg, task, model, tokenizer = load_base(base)
+    dtype = next(model.parameters()).dtype
+    info.update(device=str(DEVICE), model=cfg.model.name, dtype=str(dtype), max_new_tokens=cfg.sampler.max_new_tokens,
+                parameters_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 1))
+    peaks = [matmul_peak(0.1 if quick else 0.5, dtype)]
+    log.info("matmul peak %.1f GFLOP/s (%s)", peaks[0] / 1e9, dtype)
     rows_for_curves = sample_rows(cfg, task, model, tokenizer, 32 if quick else 128)
     fpt = flops_per_token(model, rows_for_curves)
 
@@ -653,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
             row = run_trl(arm, base, rep, out) if arm in TRL_ARMS else run_arm(arm, base, rep, out)
             rows.append(row)
             log.info("rep %d %-14s train %.1fs acc %.3f (load %s)", rep, arm, row["train_s"], row["final_acc"], row["load_avg"])
-        peaks.append(matmul_peak(0.1 if quick else 0.5))
+        peaks.append(matmul_peak(0.1 if quick else 0.5, dtype))
 
     gen_curve: list[dict[str, Any]] = []
     bp_curve: list[dict[str, Any]] = []
@@ -663,14 +705,15 @@ def main(argv: list[str] | None = None) -> int:
         curve_reps = 1 if quick else 3
         gen_curve = generation_curve(cfg, task, model, tokenizer, gen_sizes, curve_reps)
         bp_curve = backprop_curve(cfg, model, rows_for_curves, micro_sizes, curve_reps)
-        from rlreason.modeling import base_model_path
+        if DEVICE.type == "cpu":  # a GPU's peak memory is measured in backprop_curve
+            from rlreason.modeling import base_model_path
 
-        rss = rss_curve(base, base_model_path(cfg, task), rows_for_curves, micro_sizes)
-        for b in bp_curve:
-            b["peak_rss_delta_mb"] = rss.get(b["micro_batch"])
+            rss = rss_curve(base, base_model_path(cfg, task), rows_for_curves, micro_sizes)
+            for b in bp_curve:
+                b["peak_mem_delta_mb"] = rss.get(b["micro_batch"])
         plot(gen_curve, bp_curve, out / "curves.png")
         log.info("curves done (load %s)", load_average())
-    peaks.append(matmul_peak(0.1 if quick else 0.5))
+    peaks.append(matmul_peak(0.1 if quick else 0.5, dtype))
     peak = max(peaks)
     info.update(matmul_peaks_gflops=[round(p / 1e9, 1) for p in peaks], bench_seconds=round(time.perf_counter() - started),
                 load_avg_end=load_average(), command=" ".join([Path(sys.executable).name, *sys.argv]))
@@ -688,12 +731,12 @@ def main(argv: list[str] | None = None) -> int:
     if gen_curve:
         with open(out / "curves.csv", "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["kind", "batch", "tokens_per_s", "saved_activations_mb", "peak_rss_delta_mb", "load_avg"])
+            writer.writerow(["kind", "batch", "tokens_per_s", "saved_activations_mb", "peak_mem_delta_mb", "load_avg"])
             for g in gen_curve:
                 writer.writerow(["sampling", g["generation_batch"], round(g["sampling_tok_s"], 1), "", "", g["load_avg"]])
             for b in bp_curve:
                 writer.writerow(["backprop", b["micro_batch"], round(b["backprop_tok_s"], 1),
-                                 round(b["saved_activations_mb"], 2), b["peak_rss_delta_mb"], b["load_avg"]])
+                                 round(b["saved_activations_mb"], 2), b["peak_mem_delta_mb"], b["load_avg"]])
     (out / "raw.json").write_text(json.dumps({"machine": info, "rows": rows, "table": table, "generation": gen_curve,
                                               "backprop": bp_curve, "flops_per_token": fpt, "peak_flops": peak},
                                              indent=1, default=str))

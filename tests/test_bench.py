@@ -12,12 +12,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_quick_bench_writes_every_output(tmp_path: Path) -> None:
+def load_bench():
     spec = importlib.util.spec_from_file_location("bench", ROOT / "benchmarks" / "bench.py")
     bench = importlib.util.module_from_spec(spec)
     sys.modules["bench"] = bench
     spec.loader.exec_module(bench)
+    return bench
+
+
+@pytest.mark.slow
+def test_quick_bench_writes_every_output(tmp_path: Path) -> None:
+    bench = load_bench()
     has_trl = importlib.util.find_spec("trl") is not None
     arms = "grpo,dash_nofilter,dash" + (",trl" if has_trl else "")
     assert bench.main(["--quick", "--steps", "2", "--arms", arms, "--out", str(tmp_path)]) == 0
@@ -39,3 +44,26 @@ def test_quick_bench_writes_every_output(tmp_path: Path) -> None:
     assert (tmp_path / "curves.png").stat().st_size > 0
     text = (tmp_path / "results.md").read_text()
     assert "## Targets" in text and "matmul peak" in text
+
+
+@pytest.mark.slow
+def test_shape_mode_times_a_random_model_of_the_named_shape(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--shape qwen2.5-0.5b builds the model from conf/model/qwen2.5-0.5b-shape.yaml (random weights, no hub) and
+    skips dash, whose filter would drop every row; here shrunk by --set overrides so it runs on a CPU in seconds."""
+    monkeypatch.setenv("RLREASON_CACHE", str(tmp_path / "cache"))
+    bench = load_bench()
+    shrink = ["model.num_hidden_layers=1", "model.hidden_size=64", "model.intermediate_size=96",
+              "model.num_attention_heads=2", "model.num_key_value_heads=1", "model.vocab_size=2048",
+              "sampler.max_new_tokens=12"]
+    argv = ["--quick", "--steps", "2", "--arms", "grpo,dash_nofilter,dash", "--shape", "qwen2.5-0.5b",
+            "--no-curves", "--out", str(tmp_path / "out")]
+    assert bench.main(argv + [a for o in shrink for a in ("--set", o)]) == 0
+    with open(tmp_path / "out" / "arms.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["arm"] for r in rows] == ["grpo", "dash_nofilter"]
+    assert all(float(r["final_acc"]) == 0.0 for r in rows)  # random weights: every reward is 0
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert '"model": "qwen2.5-0.5b-shape"' in text and '"dtype": "torch.bfloat16"' in text
+    assert '"max_new_tokens": 12' in text and "bfloat16 matmul peak" in text
+    built = next((tmp_path / "cache").glob("base-*/config.json")).read_text()
+    assert '"vocab_size": 2048' in built and '"num_key_value_heads": 1' in built

@@ -100,6 +100,7 @@ class ModelConfig:
     num_attention_heads: int = 4
     num_key_value_heads: int = 4
     max_position_embeddings: int = 128
+    vocab_size: Optional[int] = None
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
 
 

@@ -49,8 +49,11 @@ def build_char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
 
 def build_tiny_model(model_cfg: Any, tokenizer: PreTrainedTokenizerFast, seed: int) -> Qwen2ForCausalLM:
     torch.manual_seed(seed)
+    vocab_size = model_cfg.vocab_size or len(tokenizer)
+    if vocab_size < len(tokenizer):
+        raise ConfigError(f"model.vocab_size={vocab_size} is smaller than the tokenizer's {len(tokenizer)} tokens")
     config = Qwen2Config(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size,
         hidden_size=model_cfg.hidden_size,
         intermediate_size=model_cfg.intermediate_size,
         num_hidden_layers=model_cfg.num_hidden_layers,
@@ -112,7 +115,7 @@ def warm_start_key(cfg: Any) -> dict[str, Any]:
         "task": {k: t[k] for k in ("name", "digits", "seed", "teacher_carry_noise")},
         "warm_start": {k: w[k] for k in ("enabled", "steps", "batch_size", "lr")},
         "seed": cfg.seed,
-    }
+    } | ({"vocab_size": m.vocab_size} if m.vocab_size else {})  # only when set: older caches keep their keys
 
 
 @contextlib.contextmanager
