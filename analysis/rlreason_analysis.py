@@ -345,16 +345,16 @@ def time_table(sweep: Sweep) -> pd.DataFrame:
     """Training time per arm (evaluation excluded), split into phases: sampling, scoring, the KL
     reference pass, forward/backward, optimizer steps and the rest ("other"); plus steps done."""
     runs = sweep.runs.copy()
-    phase_columns = [f"time/{p}_s" for p in PHASES]
+    phase_columns = [f"train_time/{p}_s" for p in PHASES]
     for column in phase_columns:
         if column not in runs:
             runs[column] = 0.0
     for column in ("train_time_s", "steps"):
         if column not in runs:
             runs[column] = math.nan
-    runs["time/other_s"] = runs["train_time_s"] - runs[phase_columns].sum(axis=1)
+    runs["train_time/other_s"] = runs["train_time_s"] - runs[phase_columns].sum(axis=1)
     runs["s_per_step"] = runs["train_time_s"] / runs["steps"].where(runs["steps"] > 0)
-    columns = ["train_time_s", *phase_columns, "time/other_s", "steps", "s_per_step"]
+    columns = ["train_time_s", *phase_columns, "train_time/other_s", "steps", "s_per_step"]
     return aggregate(Sweep(sweep.name, sweep.path, runs, sweep.curves), columns)
 
 
@@ -531,12 +531,11 @@ def load_wandb_runs(runs: Iterable[Any], name: str, path: str = "") -> Sweep:
                 metric_rows.append({"kind": "train", "step": step, **train})
             if evals:
                 metric_rows.append({"kind": "eval", "step": step, **evals})
-        # W&B's summary also takes each step's time/<phase>_s (the same names as the run's phase
-        # totals), so whichever was written last wins there: the totals are rebuilt from the history.
+        # The phase totals from the history, so a run that stopped before its final summary has them too.
         for phase in PHASES:
             steps = [r[f"time/{phase}_s"] for r in metric_rows if r["kind"] == "train" and r.get(f"time/{phase}_s") is not None]
             if steps:
-                summary[f"time/{phase}_s"] = sum(steps)
+                summary[f"train_time/{phase}_s"] = sum(steps)
         rows.append(_run_row(run_name, config, {"status": "incomplete", **summary}, order=order))
         curves.extend(_curve_rows(run_name, metric_rows))
     return Sweep(name=name, path=path, runs=_runs_frame(rows), curves=_curves_frame(curves))

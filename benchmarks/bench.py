@@ -178,7 +178,7 @@ def run_arm(name: str, base_overrides: list[str], rep: int, out: Path) -> dict[s
         "steps": summary["steps"],
         "completions": summary["steps"] * cfg.trainer.prompts_per_step * cfg.trainer.group_size,
         "train_s": summary["train_time_s"],
-        **{f"{p}_s": summary[f"time/{p}_s"] for p in PHASES},
+        **{f"{p}_s": summary[f"train_time/{p}_s"] for p in PHASES},
         "final_acc": final_sampled,
         "final_greedy_acc": final_greedy,
         "base_acc": summary.get("base/sampled_acc"),

@@ -64,5 +64,5 @@ def print_summary(summary: dict[str, Any]) -> None:
     table.add_row("steps", "", str(summary.get("steps")))
     table.add_row("train time (s)", "", f"{summary.get('train_time_s', 0):.1f}")
     for phase in ("sampling", "reference", "forward_backward", "optimizer"):
-        table.add_row(f"  {phase} (s)", "", f"{summary.get(f'time/{phase}_s', 0):.1f}")
+        table.add_row(f"  {phase} (s)", "", f"{summary.get(f'train_time/{phase}_s', 0):.1f}")
     Console().print(table)

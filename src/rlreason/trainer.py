@@ -646,7 +646,7 @@ class Trainer:
             "train_time_s": self.train_seconds,
         }
         for name in ("sampling", "scoring", "reference", "forward_backward", "optimizer"):
-            out[f"time/{name}_s"] = self.phase_totals.get(name, 0.0)
+            out[f"train_time/{name}_s"] = self.phase_totals.get(name, 0.0)  # time/<phase>_s: per step
         if evals:
             first, last = evals[min(evals)], evals[max(evals)]
             for key, value in last.items():
