@@ -101,3 +101,27 @@ def test_train_py_reports_a_bad_value_in_one_line(tmp_path):
     assert proc.returncode == 2
     errors = [l for l in proc.stderr.splitlines() if l.strip()]
     assert errors == ["error: optim.lr=-1.0 must be > 0"], proc.stderr
+
+
+def test_runs_are_named_by_their_arm_and_sft_runs_by_their_data():
+    """The folder and W&B group: SFT-H, SFT-M and the teacher baseline never share one."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from rlreason.metrics import run_group
+
+    def run_dir(*overrides: str) -> str:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+        return str(cfg.hydra.run.dir).split("/")[2]  # outputs/<task>/<arm>/<time>
+
+    cases = {
+        (): "dash-kl_off-filter_on",
+        ("algorithm=grpo", "kl=on", "filter=off"): "grpo-kl_on-filter_off",
+        ("algorithm=sft",): "sft-teacher",
+        ("arm=sft_reference",): "sft-reference",
+        ("algorithm=sft", "sft.source=/data/qwen-7b_traces.jsonl"): "sft-qwen-7b_traces",
+    }
+    for overrides, name in cases.items():
+        assert run_group(compose(*overrides)) == name
+        assert run_dir(*overrides) == name

@@ -30,6 +30,18 @@ if not OmegaConf.has_resolver("debug"):
     OmegaConf.register_new_resolver("debug", _debug_resolver)
 
 
+def arm_label(algorithm: str, kl: str, filter_: str, sft_source: str) -> str:
+    """The arm a run belongs to, for its folder and W&B group: the RL axes, or SFT's data (SFT has no
+    KL or filter), so SFT-H, SFT-M and the teacher baseline never share a folder or a group."""
+    if algorithm == "sft":
+        return f"sft-{Path(str(sft_source)).stem}"
+    return f"{algorithm}-kl_{kl}-filter_{filter_}"
+
+
+if not OmegaConf.has_resolver("arm_label"):
+    OmegaConf.register_new_resolver("arm_label", arm_label)
+
+
 @dataclass
 class AlgorithmConfig:
     name: str = MISSING

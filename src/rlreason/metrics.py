@@ -23,6 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from rlreason.config import arm_label
 from rlreason.errors import OutputError, first_line
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ SUMMARY_FILE = "summary.json"
 
 def run_group(cfg: DictConfig) -> str:
     """The W&B group, from the ablation axes: one group per arm, seeds inside it."""
-    return f"{cfg.algorithm.name}-kl_{cfg.kl.name}-filter_{cfg.filter.name}"
+    return arm_label(cfg.algorithm.name, cfg.kl.name, cfg.filter.name, cfg.sft.source)
 
 
 def run_tags(cfg: DictConfig) -> list[str]:
