@@ -80,6 +80,21 @@ def test_missing_model_path_is_one_line(tmp_path: Path) -> None:
     assert_one_error_line(proc, "model path '/nonexistent/model' does not exist")
 
 
+def test_a_broken_cached_base_model_is_built_again(tmp_path: Path) -> None:
+    """A base-model folder without config.json (as a build on a non-zero rank once left) is rebuilt."""
+    from rlreason.modeling import ensure_warm_start
+    from rlreason.tasks import build_task
+
+    cfg = compose("debug=true", "model.warm_start.steps=2", f"cache_dir={tmp_path}")
+    task = build_task(cfg.task)
+    built = ensure_warm_start(cfg, task)
+    weights = (built / "model.safetensors").read_bytes()
+    (built / "config.json").unlink()
+    (built / "model.safetensors").unlink()
+    assert ensure_warm_start(cfg, task) == built
+    assert (built / "config.json").exists() and (built / "model.safetensors").read_bytes() == weights
+
+
 def test_a_vocabulary_smaller_than_the_tokenizer_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = compose(*SHORT, "model.vocab_size=4", f"cache_dir={tmp_path / 'cache'}", "logger=none")
     assert report(cfg, tmp_path / "run", capsys) == "error: model.vocab_size=4 is smaller than the tokenizer's 16 tokens"

@@ -12,14 +12,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import CONF, ROOT, compose
+from rlreason.checkpoint import latest_checkpoint, load_trainer_state
 from rlreason.config import validate
 from rlreason.distributed import Parallel, hydra_overrides_for_rank
 from rlreason.errors import ConfigError
@@ -122,11 +125,14 @@ def test_two_processes_match_one_process(tmp_path: Path):
 
 @pytest.mark.slow
 def test_accelerate_launch_train_py_writes_one_run_folder(tmp_path: Path):
-    """The real entry point: one run folder (process 0's), every step logged once, a checkpoint."""
+    """The real entry point: one run folder (process 0's), every step logged once, a checkpoint.
+    From an empty cache: process 0 builds the base model while the others wait (transformers'
+    save_pretrained writes nothing on other ranks, so a base model built there would be empty)."""
     changed = {"trainer.steps": "3", "eval.every": "2", "checkpoint.save_final": "true"}
     fast = [o for o in FAST if o.split("=")[0] not in changed] + [f"{k}={v}" for k, v in changed.items()]
     args = [*LAUNCH, str(ROOT / "train.py"), *fast, "algorithm=dash", "filter=on"]
-    done = subprocess.run(args, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    env = {**_env(tmp_path), "RLREASON_CACHE": str(tmp_path / "empty-cache")}
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     runs = [p.parent for p in (tmp_path / "outputs").rglob("metrics.jsonl")]
     assert len(runs) == 1 and len(list((tmp_path / "outputs").glob("*/*/*"))) == 1
@@ -136,6 +142,38 @@ def test_accelerate_launch_train_py_writes_one_run_folder(tmp_path: Path):
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [0, 2, 3]
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
     assert (run / "checkpoints" / "step-0000003" / "COMPLETE").exists()
+    assert [p.name for p in (tmp_path / "empty-cache").glob("base-*/config.json")] == ["config.json"]
     state = torch.load(run / "checkpoints" / "step-0000003" / "trainer_state.pt", weights_only=False)
     assert len(state["rng_per_process"]) == 2 and state["data_position"] == 3 * 4
     assert done.stdout.count("held-out greedy acc") == 1  # one summary table, from process 0
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_job_stops_every_process_cleanly_and_the_run_resumes(tmp_path: Path):
+    """A scheduler's preemption (SIGTERM to the whole job) under accelerate launch: every process
+    leaves its loop, the run folder keeps a complete checkpoint, and resume=true finishes with each
+    step logged once. (torch's launcher then prints its own SignalException traceback.)"""
+    run = tmp_path / "run"
+    changed = {"trainer.steps": "30", "checkpoint.every": "2"}
+    fast = [o for o in FAST if o.split("=")[0] not in changed] + [f"{k}={v}" for k, v in changed.items()]
+    args = [*LAUNCH, str(ROOT / "train.py"), *fast, "algorithm=dash", f"hydra.run.dir={run}"]
+    job = subprocess.Popen(args, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and job.poll() is None:
+        if (run / "metrics.jsonl").exists() and len([r for r in _metrics(run) if r["kind"] == "train"]) >= 3:
+            break
+        time.sleep(0.1)
+    assert job.poll() is None, "the run ended before it could be stopped: " + job.communicate()[1][-3000:]
+    os.killpg(job.pid, signal.SIGTERM)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode != 0
+    assert json.loads((run / "summary.json").read_text())["status"] == "failed", stderr[-3000:]
+    logged = [r["step"] for r in _metrics(run) if r["kind"] == "train"]
+    kept = latest_checkpoint(run)
+    assert kept is not None and load_trainer_state(kept)["step"] <= logged[-1] < 30
+
+    done = subprocess.run([*args, "resume=true"], cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert [r["step"] for r in _metrics(run) if r["kind"] == "train"] == list(range(1, 31))

@@ -116,6 +116,11 @@ class Parallel:
     def barrier(self) -> None:
         pass
 
+    @contextlib.contextmanager
+    def main_process_first(self) -> Iterator[None]:
+        """Process 0 runs the block before the others (which then find what it wrote)."""
+        yield
+
 
 class AccelerateParallel(Parallel):
     """Several processes through ``accelerate.Accelerator`` (its launch config picks DDP or DeepSpeed)."""
@@ -218,6 +223,11 @@ class AccelerateParallel(Parallel):
 
     def barrier(self) -> None:
         self.accelerator.wait_for_everyone()
+
+    @contextlib.contextmanager
+    def main_process_first(self) -> Iterator[None]:
+        with self.accelerator.main_process_first():
+            yield
 
 
 _PARALLEL: Parallel | None = None

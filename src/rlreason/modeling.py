@@ -137,8 +137,8 @@ def ensure_warm_start(cfg: Any, task: Task) -> Path:
     cache = Path(cfg.cache_dir).expanduser()
     target = cache / f"base-{digest}"
     with _file_lock(cache / f"base-{digest}.lock"):
-        if (target / "rlreason_base.json").exists():
-            return target
+        if (target / "rlreason_base.json").exists() and (target / "config.json").exists():
+            return target  # (a folder without config.json is a broken build: built again below)
         from rlreason.tasks.arithmetic import ALPHABET
 
         tokenizer = build_char_tokenizer(ALPHABET)

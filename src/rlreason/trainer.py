@@ -156,7 +156,9 @@ class Trainer:
         hub_tokenizer = load_tokenizer(resolve_model_path(cfg.model.name_or_path)) if cfg.model.name_or_path else None
         self.task = build_task(cfg.task, tokenizer=hub_tokenizer, sft_source=cfg.sft.source)
         self.eval_tasks = {name: build_task(task_cfg, tokenizer=hub_tokenizer) for name, task_cfg in cfg.eval.tasks.items()}
-        self.policy, self.tokenizer, self.base_path = load_policy(cfg, self.task, tokenizer=hub_tokenizer)
+        # Process 0 builds a missing cached base model: transformers' save_pretrained writes nothing on other ranks.
+        with self.parallel.main_process_first():
+            self.policy, self.tokenizer, self.base_path = load_policy(cfg, self.task, tokenizer=hub_tokenizer)
         self.device = next(self.policy.parameters()).device
         a = cfg.algorithm
         self.reference = load_reference(self.base_path, cfg.model) if a.rl and cfg.kl.beta > 0 else None
