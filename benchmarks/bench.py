@@ -50,9 +50,9 @@ log = logging.getLogger("bench")
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # --shape NAME: time conf/model/NAME-shape.yaml (a real model's shape, random weights) at realistic lengths.
 SHAPES = ("qwen2.5-0.5b",)
-SHAPE_MAX_NEW_TOKENS = 512
+SHAPE_MAX_NEW_TOKENS = 512  # about the paper's response lengths at the end of training (548-627 tokens)
 # What the memory curve measures: the resident set of a fresh process (CPU) or the allocator's peak (GPU).
-MEMORY_KIND = "GPU allocator" if DEVICE.type == "cuda" else "RSS (fresh process)"  # about the paper's response lengths at the end of training (548-627 tokens)
+MEMORY_KIND = "GPU allocator" if DEVICE.type == "cuda" else "RSS (fresh process)"
 
 
 def sync() -> None:
@@ -681,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg, task, model, tokenizer = load_base(base)
     dtype = next(model.parameters()).dtype
-    info.update(device=str(DEVICE), model=cfg.model.name, dtype=str(dtype), max_new_tokens=cfg.sampler.max_new_tokens,
+    info.update(model=cfg.model.name, dtype=str(dtype), max_new_tokens=cfg.sampler.max_new_tokens,
                 parameters_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 1))
     peaks = [matmul_peak(0.1 if quick else 0.5, dtype)]
     log.info("matmul peak %.1f GFLOP/s (%s)", peaks[0] / 1e9, dtype)
