@@ -25,12 +25,13 @@ def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
 
 
-def compose(*overrides: str):
-    """The config ``python train.py OVERRIDES`` would run, composed by Hydra from conf/."""
+def compose(*overrides: str, with_hydra: bool = False):
+    """The config ``python train.py OVERRIDES`` would run, composed by Hydra from conf/
+    (``with_hydra``: with its ``hydra`` node, run folder and launcher included)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     import rlreason.config  # noqa: F401  (schema + ${debug:...} resolver)
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
+        return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=with_hydra)

@@ -105,15 +105,10 @@ def test_train_py_reports_a_bad_value_in_one_line(tmp_path):
 
 def test_runs_are_named_by_their_arm_and_sft_runs_by_their_data():
     """The folder and W&B group: SFT-H, SFT-M and the teacher baseline never share one."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
     from rlreason.metrics import run_group
 
     def run_dir(*overrides: str) -> str:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
-        return str(cfg.hydra.run.dir).split("/")[2]  # outputs/<task>/<arm>/<time>
+        return str(compose(*overrides, with_hydra=True).hydra.run.dir).split("/")[2]  # outputs/<task>/<arm>/<time>
 
     cases = {
         (): "dash-kl_off-filter_on",

@@ -156,18 +156,14 @@ def test_slurm_launcher_config_renders_an_sbatch_script(tmp_path, monkeypatch):
     """No cluster here: the SLURM config's fields go through submitit's own checks (unknown
     parameters raise) into the sbatch script, as the plugin's launch() maps them."""
     import submitit
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
     from omegaconf import OmegaConf
 
     (tmp_path / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit only checks that srun exists
     (tmp_path / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
-                                                 f"hydra.sweep.dir={tmp_path}", "hydra.job.name=train"],
-                            return_hydra_config=True)
+    cfg = compose("hydra/launcher=slurm", "hydra.launcher.partition=gpu", f"hydra.sweep.dir={tmp_path}",
+                  "hydra.job.name=train", with_hydra=True)
     params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     params.pop("_target_")
     executor = submitit.AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"),
