@@ -347,12 +347,21 @@ def generation_curve(cfg, task, model, tokenizer, batch_sizes: list[int], reps: 
     return [{"generation_batch": b, "sampling_tok_s": median(v), "load_avg": load_average()} for b, v in results.items()]
 
 
+def unit_advantage_loss(model, batch, denominator: int) -> torch.Tensor:
+    """The trainer's policy loss on a batch with every advantage 1: one micro-batch's backprop work."""
+    from rlreason.batching import token_logprobs
+    from rlreason.rl import policy_loss
+
+    logp, _ = token_logprobs(model, batch)
+    mask = batch.completion_mask
+    return policy_loss(logp, mask, torch.ones(mask.shape[0], device=mask.device), denominator)[0]
+
+
 def backprop_curve(cfg, model, rows, micro_sizes: list[int], reps: int) -> list[dict[str, Any]]:
     """Forward+backward tokens/s over the same rows in micro-batches of each size, and the bytes
     autograd saves for backward per micro-batch (activation memory, counted exactly); on a GPU also
     the allocator's peak growth over one forward+backward of the longest rows."""
-    from rlreason.batching import make_batch, token_logprobs
-    from rlreason.rl import policy_loss
+    from rlreason.batching import make_batch
 
     prompts, completions = rows
     pad = model.config.pad_token_id
@@ -366,9 +375,7 @@ def backprop_curve(cfg, model, rows, micro_sizes: list[int], reps: int) -> list[
             for s in range(0, len(order), m):
                 chunk = order[s : s + m]
                 batch = make_batch([prompts[i] for i in chunk], [completions[i] for i in chunk], pad, DEVICE)
-                logp, _ = token_logprobs(model, batch)
-                loss, _ = policy_loss(logp, batch.completion_mask, torch.ones(len(chunk), device=DEVICE), len(order))
-                loss.backward()
+                unit_advantage_loss(model, batch, len(order)).backward()
                 tokens += batch.num_tokens
             sync()
             results[m].append(tokens / (time.perf_counter() - start))
@@ -380,8 +387,7 @@ def backprop_curve(cfg, model, rows, micro_sizes: list[int], reps: int) -> list[
             sync()
             before = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
-            logp, _ = token_logprobs(model, batch)
-            policy_loss(logp, batch.completion_mask, torch.ones(m, device=DEVICE), m)[0].backward()
+            unit_advantage_loss(model, batch, m).backward()
             sync()
             peak_growth[m] = (torch.cuda.max_memory_allocated() - before) / 2**20
             model.zero_grad(set_to_none=True)
@@ -395,8 +401,7 @@ def backprop_curve(cfg, model, rows, micro_sizes: list[int], reps: int) -> list[
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            logp, _ = token_logprobs(model, batch)
-            loss, _ = policy_loss(logp, batch.completion_mask, torch.ones(len(chunk), device=DEVICE), len(chunk))
+            loss = unit_advantage_loss(model, batch, len(chunk))
         loss.backward()
         model.zero_grad(set_to_none=True)
         params = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -409,7 +414,6 @@ def rss_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """In a fresh process: max RSS growth of one forward+backward at micro-batch size m."""
     from rlreason.batching import make_batch, token_logprobs
     from rlreason.modeling import load_model
-    from rlreason.rl import policy_loss
 
     cfg = compose(spec["overrides"])
     model = load_model(spec["path"], cfg.model)
@@ -426,9 +430,7 @@ def rss_worker(spec: dict[str, Any]) -> dict[str, Any]:
     except OSError:  # elsewhere: max RSS since start (a lower bound on the growth if loading peaked higher)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         read_peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # noqa: E731
-    logp, _ = token_logprobs(model, batch)
-    loss, _ = policy_loss(logp, batch.completion_mask, torch.ones(len(prompts)), len(prompts))
-    loss.backward()
+    unit_advantage_loss(model, batch, len(prompts)).backward()
     return {"rss_before_mb": before / 1024, "peak_rss_delta_mb": (read_peak() - before) / 1024}
 
 
