@@ -10,6 +10,7 @@ command-line override of the field still wins, because it replaces the interpola
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rlreason.errors import ConfigError, ModelError
+from rlreason.registry import check_choice
 
 
 def _debug_resolver(normal: Any, debug_value: Any, *, _root_: DictConfig) -> Any:
@@ -52,8 +54,14 @@ class AlgorithmConfig:
     mini_batch_size: Optional[int] = None
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2
-    scale_advantages_by_std: bool = True
+    advantage: str = "grpo"
     advantage_eps: float = 1e-4
+    loss_agg: str = "seq_mean_token_mean"
+    ratio_level: str = "token"
+    truncated: str = "score"
+    overlong_buffer: int = 16
+    rollout_correction: str = "none"
+    rollout_correction_cap: float = 2.0
 
 
 @dataclass
@@ -67,27 +75,8 @@ class FilterConfig:
     name: str = MISSING
     enabled: bool = False
     threshold: float = 0.1
-
-
-@dataclass
-class TaskConfig:
-    name: str = MISSING
-    seed: int = 0
-    n_test: Optional[int] = None
-    max_completion_tokens: int = 64
-    # embedded arithmetic task
-    digits: int = 4
-    n_test_problems: int = 256
-    teacher_carry_noise: float = 0.6
-    # real benchmarks (datasets from the hub or local JSONL files)
-    dataset: Optional[str] = None
-    dataset_config: Optional[str] = None
-    train_split: Optional[str] = "train"
-    test_split: str = "test"
-    data_files: dict[str, str] = field(default_factory=dict)
-    prompt_template: str = "{problem}"
-    chat_template: bool = False
-    verify_timeout_s: float = 5.0
+    dynamic: bool = False
+    max_resample_rounds: int = 4
 
 
 @dataclass
@@ -118,6 +107,7 @@ class ModelConfig:
 
 @dataclass
 class SamplerConfig:
+    _target_: str = MISSING
     name: str = MISSING
     temperature: float = 1.0
     top_k: int = 0
@@ -176,7 +166,7 @@ class EvalConfig:
     batch_size: int = 256
     samples_per_problem: int = 1
     pass_k: list[int] = field(default_factory=list)
-    tasks: dict[str, TaskConfig] = field(default_factory=dict)
+    tasks: dict[str, Any] = field(default_factory=dict)  # each checked against its class's Config in validate
 
 
 @dataclass
@@ -191,7 +181,7 @@ class Config:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     kl: KLConfig = field(default_factory=KLConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
-    task: TaskConfig = field(default_factory=TaskConfig)
+    task: Any = field(default_factory=dict)  # checked against its class's Config in validate (tasks are parts)
     model: ModelConfig = field(default_factory=ModelConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -218,6 +208,34 @@ register_configs()
 DTYPES = ("float32", "bfloat16", "float16")
 SCHEDULES = ("constant", "linear", "cosine")
 LOGGER_MODES = ("auto", "online", "offline", "disabled")
+# Built-in parts by short name (rlreason.registry); a value with a dot is the import path of one's own.
+ADVANTAGES = {
+    "grpo": "rlreason.advantages.grpo",
+    "mean_only": "rlreason.advantages.mean_only",
+    "rloo": "rlreason.advantages.rloo",
+    "batch_std": "rlreason.advantages.batch_std",
+}
+LOSS_AGGS = {
+    "seq_mean_token_mean": "rlreason.loss_agg.SeqMeanTokenMean",
+    "token_mean": "rlreason.loss_agg.TokenMean",
+    "seq_mean_token_sum_norm": "rlreason.loss_agg.SeqMeanTokenSumNorm",
+    "paper": "rlreason.loss_agg.PaperLoss",
+}
+RATIO_LEVELS = ("token", "sequence")
+TRUNCATED = ("score", "mask", "soft_penalty")
+ROLLOUT_CORRECTIONS = ("none", "tis", "mis")
+
+
+def with_typed_tasks(cfg: DictConfig) -> DictConfig:
+    """A copy of ``cfg`` whose task nodes (``task`` and each ``eval.tasks`` entry) are checked
+    against their class's ``Config`` and completed with its defaults (one line for a bad key)."""
+    from rlreason.tasks import typed_task_config
+
+    out = copy.deepcopy(cfg)
+    out.task = typed_task_config(cfg.task, "task")
+    for name in list(cfg.eval.tasks.keys()):
+        out.eval.tasks[name] = typed_task_config(cfg.eval.tasks[name], f"eval.tasks.{name}")
+    return out
 
 
 def unknown_keys(cfg: DictConfig, schema: type = Config, prefix: str = "") -> list[str]:
@@ -277,6 +295,7 @@ def validate(cfg: DictConfig, world_size: int = 1) -> None:
         if not ok:
             raise ConfigError(message)
 
+    cfg = with_typed_tasks(cfg)
     try:
         OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as exc:  # e.g. an interpolation to a key that does not exist
@@ -320,8 +339,22 @@ def validate(cfg: DictConfig, world_size: int = 1) -> None:
     need(cfg.filter.threshold >= 0, f"filter.threshold={cfg.filter.threshold} must be >= 0")
     need(cfg.sampler.temperature > 0, f"sampler.temperature={cfg.sampler.temperature} must be > 0")
     need(cfg.sampler.max_new_tokens >= 1, f"sampler.max_new_tokens={cfg.sampler.max_new_tokens} must be >= 1")
+    check_choice(a.advantage, ADVANTAGES, "algorithm.advantage")
+    check_choice(a.loss_agg, LOSS_AGGS, "algorithm.loss_agg")
+    for value, choices, name in ((a.ratio_level, RATIO_LEVELS, "ratio_level"), (a.truncated, TRUNCATED, "truncated"),
+                                 (a.rollout_correction, ROLLOUT_CORRECTIONS, "rollout_correction")):
+        need(value in choices, f"algorithm.{name}={value!r} must be one of {', '.join(choices)}")
+    need(a.rollout_correction_cap > 0, f"algorithm.rollout_correction_cap={a.rollout_correction_cap} must be > 0")
+    need(a.overlong_buffer >= 0, f"algorithm.overlong_buffer={a.overlong_buffer} must be >= 0")
+    need(cfg.filter.max_resample_rounds >= 0, f"filter.max_resample_rounds={cfg.filter.max_resample_rounds} must be >= 0")
     if not a.rl:
+        need(not cfg.filter.dynamic, f"filter={cfg.filter.name} (dynamic sampling) needs an RL algorithm, not {a.name}: SFT samples nothing")
+        need(a.ratio_level == "token", f"algorithm.ratio_level={a.ratio_level!r} needs an RL algorithm, not {a.name}: SFT has no importance ratio")
         return
+    need(not (cfg.filter.dynamic and cfg.filter.enabled),
+         "filter.dynamic and filter.enabled are two selectors: choose filter=dynamic or filter=on")
+    need(not (cfg.filter.dynamic and not a.preemptive_sampling),
+         "filter=dynamic needs algorithm.preemptive_sampling=true (it refills the step's groups before any update)")
     need(
         t.group_size >= 2,
         f"trainer.group_size={t.group_size}: {a.name} needs at least 2 samples per prompt "

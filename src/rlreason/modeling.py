@@ -101,18 +101,29 @@ def base_model_path(cfg: Any, task: Task) -> str:
     """Where the base model lives: the configured path, or the cached embedded warm start."""
     if cfg.model.name_or_path:
         return resolve_model_path(cfg.model.name_or_path)
-    if task.name != "arithmetic":
-        raise ConfigError(f"model={cfg.model.name} is built for task=arithmetic; set model.name_or_path for task={task.name}")
+    if task.alphabet() is None:
+        raise ConfigError(
+            f"model={cfg.model.name} builds a character-level model from the task's alphabet, and task={task.name} "
+            "gives none (Task.alphabet); set model.name_or_path to a hub model or directory"
+        )
     return str(ensure_warm_start(cfg, task))
 
 
-def warm_start_key(cfg: Any) -> dict[str, Any]:
-    m, t, w = cfg.model, cfg.task, cfg.model.warm_start
+def warm_start_key(cfg: Any, task: Task) -> dict[str, Any]:
+    """Every setting that changes the warm-started base model: the model's shape, the task's data
+    (``Task.cache_key``, plus its alphabet when not the arithmetic one, so old caches keep their keys)."""
+    m, w = cfg.model, cfg.model.warm_start
+    task_key = dict(task.cache_key())
+    alphabet = task.alphabet()
+    from rlreason.tasks.arithmetic import ALPHABET
+
+    if alphabet != ALPHABET:
+        task_key["alphabet"] = alphabet
     return {
         "version": WARM_START_VERSION,
         "model": {k: m[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                                     "num_key_value_heads", "max_position_embeddings")},
-        "task": {k: t[k] for k in ("name", "digits", "seed", "teacher_carry_noise")},
+        "task": task_key,
         "warm_start": {k: w[k] for k in ("enabled", "steps", "batch_size", "lr")},
         "seed": cfg.seed,
     } | ({"vocab_size": m.vocab_size} if m.vocab_size else {})  # only when set: older caches keep their keys
@@ -132,16 +143,14 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 def ensure_warm_start(cfg: Any, task: Task) -> Path:
     """The cached base model for this config, built (atomically, under a lock) if missing."""
-    key = warm_start_key(cfg)
+    key = warm_start_key(cfg, task)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     cache = Path(cfg.cache_dir).expanduser()
     target = cache / f"base-{digest}"
     with _file_lock(cache / f"base-{digest}.lock"):
         if (target / "rlreason_base.json").exists() and (target / "config.json").exists():
             return target  # (a folder without config.json is a broken build: built again below)
-        from rlreason.tasks.arithmetic import ALPHABET
-
-        tokenizer = build_char_tokenizer(ALPHABET)
+        tokenizer = build_char_tokenizer(task.alphabet())
         model = build_tiny_model(cfg.model, tokenizer, cfg.seed)
         n_params = sum(p.numel() for p in model.parameters())
         log.info("building the base model (%.2fM params, %d warm-start steps), cached in %s", n_params / 1e6,

@@ -1,4 +1,5 @@
-"""The paper's math: group advantages, gradient filtering, the k3 KL and the one policy loss.
+"""The paper's math: gradient filtering, the k3 KL, the one policy loss and pass@k (advantages:
+``rlreason.advantages``; loss aggregation: ``rlreason.loss_agg``).
 
 Loss normalisation: each sequence's per-token losses are averaged over its own tokens, and the
 sum over sequences is divided by a ``denominator`` fixed before any split: the number of rows
@@ -12,23 +13,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-
-
-def group_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-4) -> torch.Tensor:
-    """(r - group mean) / (group std + eps) for rows laid out group by group."""
-    grouped = rewards.view(-1, group_size)
-    centered = grouped - grouped.mean(dim=1, keepdim=True)
-    if scale_by_std:
-        centered = centered / (grouped.std(dim=1, keepdim=True) + eps)
-    return centered.reshape(-1)
-
-
-def zero_std_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Which groups have identical rewards (every advantage zero: no learning signal)."""
-    grouped = rewards.view(-1, group_size)
-    return (grouped == grouped[:, :1]).all(dim=1)
 
 
 def gradient_filter(advantages: torch.Tensor, enabled: bool, threshold: float) -> torch.Tensor:
@@ -69,19 +56,34 @@ def policy_loss(
     beta: float = 0.0,
     clip_eps_low: float = 0.2,
     clip_eps_high: float = 0.2,
+    ratio_level: str = "token",
+    token_weights: torch.Tensor | None = None,
+    aggregation: Any = None,
+    shape: Any = None,
 ) -> tuple[torch.Tensor, LossStats]:
     """Clipped policy-gradient loss with an optional k3 KL penalty, for every algorithm.
 
     logp, old_logp, ref_logp, mask: [B, T] per completion token; advantages: [B].
     old_logp None means on-policy: the ratio is exp(logp - logp.detach()) = 1 with the exact
     policy gradient, and nothing is clipped. SFT is advantages = 1 with old_logp None.
+    ratio_level "sequence" (GSPO): one ratio per row, exp of the mean token log-ratio, clipped per row.
+    token_weights: rollout-correction weights on the policy term (no gradient).
+    aggregation/shape: a ``rlreason.loss_agg`` aggregation and the update's counts; without them the
+    default (each row's token mean, summed, over ``denominator``).
     """
     old = logp.detach() if old_logp is None else old_logp
-    ratio = torch.exp(logp - old)
     adv = advantages.unsqueeze(-1)
+    if ratio_level == "sequence":
+        lengths = mask.sum(-1).clamp(min=1.0)
+        seq_log_ratio = ((logp - old) * mask).sum(-1) / lengths
+        ratio = torch.exp(seq_log_ratio).unsqueeze(-1).expand_as(logp)
+    else:
+        ratio = torch.exp(logp - old)
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1.0 - clip_eps_low, 1.0 + clip_eps_high)
     per_token = torch.maximum(unclipped, clipped)
+    if token_weights is not None:
+        per_token = per_token * token_weights
     stats = LossStats(tokens=float(mask.sum()))
     if old_logp is not None:
         stats.clipped_tokens = float(((clipped > unclipped).float() * mask).sum())
@@ -89,8 +91,10 @@ def policy_loss(
         kl = kl_k3(logp, ref_logp)
         per_token = per_token + beta * kl
         stats.kl_sum = float((kl.detach() * mask).sum())
-    per_sequence = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
-    return per_sequence.sum() / denominator, stats
+    if aggregation is None:
+        per_sequence = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+        return per_sequence.sum() / denominator, stats
+    return aggregation.numerator(per_token, mask, shape) / denominator, stats
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -127,14 +127,18 @@ class HFSampler(Sampler):
 
 
 def build_sampler(sampler_cfg: Any, model: Any, tokenizer: Any, model_path: str | None = None, seed: int = 0) -> Sampler:
-    """The backend a ``sampler=`` config names. ``model_path`` (the policy's base directory or hub
-    id) and ``seed`` are for engines that load the model themselves (vLLM)."""
-    if sampler_cfg.name == "hf":
-        return HFSampler(model, tokenizer, sampler_cfg)
-    if sampler_cfg.name == "vllm":
-        from rlreason.vllm_sampler import VLLMSampler
+    """The backend a ``sampler=`` config names by ``_target_`` (a Sampler class: this module's
+    HFSampler, rlreason.vllm_sampler.VLLMSampler, or one of your own). Built as
+    ``cls(model, tokenizer, cfg)``, plus ``model_path`` (the policy's base directory or hub id) and
+    ``seed`` where its constructor takes them (engines that load the model themselves)."""
+    import inspect
 
-        return VLLMSampler(model, tokenizer, sampler_cfg, model_path=model_path, seed=seed)
     from rlreason.errors import ConfigError
+    from rlreason.registry import import_object
 
-    raise ConfigError(f"sampler.name={sampler_cfg.name!r} is not a known backend (hf, vllm)")
+    cls = import_object(sampler_cfg._target_, "sampler._target_")
+    if not (isinstance(cls, type) and issubclass(cls, Sampler)):
+        raise ConfigError(f"sampler._target_={sampler_cfg._target_!r} is not a subclass of rlreason.sampling.Sampler")
+    parameters = inspect.signature(cls.__init__).parameters
+    extra = {k: v for k, v in (("model_path", model_path), ("seed", seed)) if k in parameters}
+    return cls(model, tokenizer, sampler_cfg, **extra)

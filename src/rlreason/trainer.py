@@ -39,15 +39,18 @@ from rlreason.checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from rlreason.config import resolve_model_path, resume_conflicts, validate
+from rlreason.config import ADVANTAGES, LOSS_AGGS, resolve_model_path, resume_conflicts, validate, with_typed_tasks
+from rlreason.loss_agg import UpdateShape
+from rlreason.registry import resolve
 from rlreason.distributed import Parallel, get_parallel
 from rlreason.errors import ConfigError, TrainingDiverged
 from rlreason.metrics import METRICS_FILE, MetricsWriter, NullWriter, read_metrics, truncate_metrics
 from rlreason.modeling import load_model, load_policy, load_reference, load_tokenizer
 from rlreason.progress import Progress
-from rlreason.rl import LossStats, gradient_filter, group_advantages, pass_at_k, policy_loss, zero_std_groups
+from rlreason.advantages import zero_std_groups
+from rlreason.rl import LossStats, gradient_filter, pass_at_k, policy_loss
 from rlreason.sampling import Completions, build_sampler
-from rlreason.tasks import Example, build_task
+from rlreason.tasks import Example, Grade, build_task
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,7 @@ class UpdateRows:
     advantages: torch.Tensor
     old_logp: list[torch.Tensor] | None = None
     ref_logp: list[torch.Tensor] | None = None
+    sampler_logp: list[torch.Tensor] | None = None  # the sampler's own log-probs (rollout correction)
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
@@ -87,6 +91,7 @@ class UpdateRows:
             advantages=self.advantages[rows],
             old_logp=None if self.old_logp is None else [self.old_logp[i] for i in rows],
             ref_logp=None if self.ref_logp is None else [self.ref_logp[i] for i in rows],
+            sampler_logp=None if self.sampler_logp is None else [self.sampler_logp[i] for i in rows],
         )
 
 
@@ -99,15 +104,24 @@ class Rollout:
     advantages: torch.Tensor
     keep: torch.Tensor
     zero_std_groups: int
+    correct: torch.Tensor | None = None  # the task's is_correct per row (train/accuracy)
+    resample_rounds: int = 0  # dynamic sampling: rounds of fresh prompts this step
+    resampled_samples: int = 0  # dynamic sampling: completions sampled in those rounds
 
     def rows(self) -> UpdateRows:
-        """The rows the gradient filter kept."""
+        """The rows the sample selector kept."""
         kept = [i for i in range(len(self.rewards)) if bool(self.keep[i])]
+        logprobs = self.completions.logprobs
         return UpdateRows(
             prompt_ids=[self.completions.prompt_ids[i] for i in kept],
             completion_ids=[self.completions.completion_ids[i] for i in kept],
             advantages=self.advantages[kept],
+            sampler_logp=None if logprobs is None else [torch.tensor(logprobs[i]) for i in kept],
         )
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.completions.num_completion_tokens
 
 
 @dataclass
@@ -120,6 +134,9 @@ class StepTotals:
     train_tokens: int = 0
     stats: LossStats = field(default_factory=LossStats)
     grad_norms: list[float] = field(default_factory=list)
+    logp_gap_sum: float = 0.0  # |trainer - sampler| log-prob over tokens (samplers returning log-probs)
+    logp_gap_max: float = 0.0
+    logp_gap_tokens: float = 0.0
     optimizer_steps: int = 0
     skipped_steps: int = 0
 
@@ -129,6 +146,31 @@ def _pad_rows(rows: list[torch.Tensor], length: int) -> torch.Tensor:
     for i, r in enumerate(rows):
         out[i, : len(r)] = r
     return out
+
+
+def _merge_groups(chosen: list[tuple["Rollout", int]], group_size: int) -> "Rollout":
+    """One rollout from groups of several (dynamic sampling), in the given order."""
+    completions = Completions([], [], [], [], None)
+    with_logprobs = all(r.completions.logprobs is not None for r, _ in chosen) and bool(chosen)
+    if with_logprobs:
+        completions.logprobs = []
+    rewards, keep, correct = [], [], []
+    for rollout, k in chosen:
+        rows = list(range(k * group_size, (k + 1) * group_size))
+        part = rollout.completions.select(rows)
+        completions.prompt_ids += part.prompt_ids
+        completions.completion_ids += part.completion_ids
+        completions.texts += part.texts
+        completions.finished += part.finished
+        if with_logprobs:
+            completions.logprobs += part.logprobs
+        rewards.append(rollout.rewards[rows])
+        keep.append(rollout.keep[rows])
+        correct.append(rollout.correct[rows])
+    rewards_t = torch.cat(rewards) if rewards else torch.zeros(0)
+    return Rollout(completions, rewards_t, torch.zeros(len(rewards_t)), torch.cat(keep) if keep else torch.zeros(0, dtype=torch.bool),
+                   int(zero_std_groups(rewards_t, group_size).sum()) if len(rewards_t) else 0,
+                   torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool))
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -148,14 +190,18 @@ class Trainer:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.parallel = parallel or get_parallel()
         validate(cfg, world_size=self.parallel.world_size)  # also when built without the CLI (tests, scripts)
+        cfg = self.cfg = with_typed_tasks(cfg)  # task nodes completed with their class's defaults
         if cfg.resume and self.parallel.uses_deepspeed:
             raise ConfigError("resume=true is not supported under DeepSpeed (its optimizer state is sharded); use DDP")
         resume_from = self._checkpoint_to_resume()  # before any slow loading: a conflict fails at once
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         hub_tokenizer = load_tokenizer(resolve_model_path(cfg.model.name_or_path)) if cfg.model.name_or_path else None
-        self.task = build_task(cfg.task, tokenizer=hub_tokenizer, sft_source=cfg.sft.source)
-        self.eval_tasks = {name: build_task(task_cfg, tokenizer=hub_tokenizer) for name, task_cfg in cfg.eval.tasks.items()}
+        self.task = build_task(cfg.task, tokenizer=hub_tokenizer, sft_source=cfg.sft.source, cache_dir=cfg.cache_dir)
+        self.eval_tasks = {name: build_task(task_cfg, tokenizer=hub_tokenizer, cache_dir=cfg.cache_dir, field=f"eval.tasks.{name}")
+                           for name, task_cfg in cfg.eval.tasks.items()}
+        self.advantage = resolve(cfg.algorithm.advantage, ADVANTAGES, "algorithm.advantage")
+        self.loss_agg = resolve(cfg.algorithm.loss_agg, LOSS_AGGS, "algorithm.loss_agg")()
         # Process 0 builds a missing cached base model: transformers' save_pretrained writes nothing on other ranks.
         with self.parallel.main_process_first():
             self.policy, self.tokenizer, self.base_path = load_policy(cfg, self.task, tokenizer=hub_tokenizer)
@@ -258,6 +304,8 @@ class Trainer:
             summary = self.summary(status, evals, time.perf_counter() - start)
             self.writer.finish(summary)
             self.sampler.close()
+            for task in (self.task, *self.eval_tasks.values()):
+                task.close()
         return summary
 
     @property
@@ -293,6 +341,9 @@ class Trainer:
             "time/train_elapsed_s": self.train_seconds,
             "throughput/train_tok_s": totals.train_tokens / max(1e-9, timer.seconds["forward_backward"]),
         })
+        if totals.logp_gap_tokens:  # the sampler returned its own log-probs: a weight-sync fault shows here
+            metrics["rollout/logp_gap_mean"] = totals.logp_gap_sum / totals.logp_gap_tokens
+            metrics["rollout/logp_gap_max"] = totals.logp_gap_max
         for name in ("sampling", "scoring", "reference", "forward_backward", "optimizer"):
             metrics[f"time/{name}_s"] = timer.seconds.get(name, 0.0)
         return metrics
@@ -321,40 +372,121 @@ class Trainer:
         if a.preemptive_sampling:
             # DASH: one generation call for every sample of the step, then small backprop micro-batches.
             rollout = self.sample_and_score(examples, timer, a.generation_batch_size)
+            if cfg.filter.dynamic:
+                rollout = self.refill_uninformative_groups(rollout, timer)
+            rollout = self.select(rollout, across_processes=True)
             rollouts.append(rollout)
             self.update(rollout, timer, totals)
         else:
             # Standard GRPO: generation batch = backprop batch; weights change only at the step's end.
             per_chunk = cfg.trainer.micro_batch_size // cfg.trainer.group_size
             chunks = list(_chunks(examples, per_chunk))
+            # The step's completion-token count is known only once every chunk is sampled: an aggregation
+            # that needs it back-propagates numerators and the gradient is scaled once it is known.
+            used = self._shape(self.rows_per_step, None)
             for i, chunk in enumerate(chunks):
-                rollout = self.sample_and_score(chunk, timer, None)
+                rollout = self.select(self.sample_and_score(chunk, timer, None), across_processes=False)
                 rollouts.append(rollout)
                 rows = rollout.rows()
                 self.attach_logprobs(rows, timer, need_old=False)
-                self.accumulate_gradients(rows, self.rows_per_step, timer, totals, sync=i == len(chunks) - 1)
+                self.accumulate_gradients(rows, used, timer, totals, sync=i == len(chunks) - 1)
+            tokens = int(self.parallel.sum([float(sum(r.completion_tokens for r in rollouts))])[0])
+            self.rescale_gradients(used, self._shape(self.rows_per_step, tokens))
             self.optimizer_step(timer, totals)
         return self.rollout_metrics(rollouts, timer)
 
+    def _shape(self, rows: int, tokens: int | None) -> UpdateShape:
+        return UpdateShape(rows=rows, tokens=tokens, max_completion_tokens=self.cfg.task.max_completion_tokens,
+                           micro_batch_size=self.cfg.trainer.micro_batch_size)
+
     # ---------------------------------------------------------------- the paper's steps
     def sample_and_score(self, examples: list[Example], timer: PhaseTimer, generation_batch_size: int | None) -> Rollout:
-        """Sample G completions per prompt, reward them, compute advantages and the filter."""
+        """Sample G completions per prompt and grade them (rewards, correctness, overlong handling);
+        advantages and the selection come after (``select``)."""
         g, a = self.cfg.trainer.group_size, self.cfg.algorithm
+        if not examples:  # a process with no prompts this round (dynamic sampling's refills)
+            empty = Completions([], [], [], [], [] if self.wants_sampler_logprobs else None)
+            return Rollout(empty, torch.zeros(0), torch.zeros(0), torch.zeros(0, dtype=torch.bool), 0, torch.zeros(0, dtype=torch.bool))
         with timer.phase("sampling"):
-            completions = self.sampler.generate([e.prompt for e in examples], n=g, batch_size=generation_batch_size)
+            completions = self.sampler.generate([e.prompt for e in examples], n=g, batch_size=generation_batch_size,
+                                                return_logprobs=self.wants_sampler_logprobs)
         with timer.phase("scoring"):
-            rewards = torch.tensor([self.task.score(text, examples[i // g]) for i, text in enumerate(completions.texts)])
-        advantages = group_advantages(rewards, g, a.scale_advantages_by_std, a.advantage_eps)
-        keep = gradient_filter(advantages, self.cfg.filter.enabled, self.cfg.filter.threshold)
-        return Rollout(completions, rewards, advantages, keep, int(zero_std_groups(rewards, g).sum()))
+            grades: list[Grade] = self.task.grade(completions.texts, [examples[i // g] for i in range(len(completions))])
+        rewards = torch.tensor([float(x.reward) for x in grades])
+        keep = torch.ones(len(rewards), dtype=torch.bool)
+        if a.truncated == "soft_penalty":
+            rewards = rewards + torch.tensor([self._overlong_penalty(len(c)) for c in completions.completion_ids])
+        elif a.truncated == "mask":
+            keep = torch.tensor(completions.finished, dtype=torch.bool)
+        correct = torch.tensor([bool(x.correct) for x in grades])
+        return Rollout(completions, rewards, torch.zeros(len(rewards)), keep, int(zero_std_groups(rewards, g).sum()), correct)
+
+    @property
+    def wants_sampler_logprobs(self) -> bool:
+        """Ask the sampler for its own log-probs: for the rollout correction, or when it returns them
+        anyway (vLLM), so the trainer-sampler gap is logged."""
+        return self.cfg.algorithm.rollout_correction != "none" or bool(getattr(self.sampler, "returns_logprobs", False))
+
+    def _overlong_penalty(self, length: int) -> float:
+        """DAPO's soft overlong punishment: 0 up to max_new_tokens - buffer, then linearly to -1."""
+        limit, buffer = self.cfg.sampler.max_new_tokens, self.cfg.algorithm.overlong_buffer
+        if buffer == 0 or length <= limit - buffer:
+            return 0.0 if length < limit or buffer > 0 else -1.0
+        return max(-1.0, (limit - buffer - length) / buffer)
+
+    def select(self, rollout: Rollout, across_processes: bool) -> Rollout:
+        """Advantages (``algorithm.advantage``, over the whole step's batch on every process when
+        ``across_processes``), then the rows the gradient filter keeps."""
+        g = self.cfg.trainer.group_size
+        rewards = rollout.rewards
+        if across_processes and self.parallel.world_size > 1:
+            parts = self.parallel.gather(rewards)
+            first = sum(len(p) for p in parts[: self.parallel.rank])
+            advantages = self.advantage(torch.cat(parts), g, self.cfg.algorithm.advantage_eps)[first : first + len(rewards)]
+        else:
+            advantages = self.advantage(rewards, g, self.cfg.algorithm.advantage_eps) if len(rewards) else rewards
+        rollout.advantages = advantages
+        rollout.keep = rollout.keep & gradient_filter(advantages, self.cfg.filter.enabled, self.cfg.filter.threshold)
+        return rollout
+
+    def refill_uninformative_groups(self, rollout: Rollout, timer: PhaseTimer) -> Rollout:
+        """DAPO's dynamic sampling: groups whose rewards are all equal are replaced by groups of
+        fresh prompts (drawn from the train stream) until the step is full, at most
+        ``filter.max_resample_rounds`` rounds; groups still uninformative then stay. Every process
+        draws its fresh prompts from one global slice of the stream, so the data position agrees."""
+        g = self.cfg.trainer.group_size
+        n_groups = len(rollout.rewards) // g
+        informative = (~zero_std_groups(rollout.rewards, g)).tolist() if n_groups else []
+        kept = [(rollout, k) for k in range(n_groups) if informative[k]]
+        spare = [(rollout, k) for k in range(n_groups) if not informative[k]]
+        rounds = samples = 0
+        for _ in range(self.cfg.filter.max_resample_rounds):
+            need = n_groups - len(kept)
+            needs = self.parallel.gather(need) if self.parallel.world_size > 1 else [need]
+            if sum(needs) == 0:
+                break
+            fresh = self.task.train_batch(self.data_position, sum(needs))
+            self.data_position += sum(needs)
+            mine = fresh[sum(needs[: self.parallel.rank]) : sum(needs[: self.parallel.rank + 1])]
+            extra = self.sample_and_score(mine, timer, self.cfg.algorithm.generation_batch_size)
+            rounds, samples = rounds + 1, samples + len(extra.rewards)
+            extra_groups = len(extra.rewards) // g
+            extra_informative = (~zero_std_groups(extra.rewards, g)).tolist() if extra_groups else []
+            kept += [(extra, k) for k in range(extra_groups) if extra_informative[k]][:need]
+        chosen = (kept + spare)[:n_groups]
+        merged = _merge_groups(chosen, g)
+        merged.resample_rounds, merged.resampled_samples = rounds, samples
+        return merged
 
     def update(self, rollout: Rollout, timer: PhaseTimer, totals: StepTotals) -> None:
         """On-policy: one update over the whole batch. PPO: ``ppo_epochs`` passes of mini-batches."""
         a = self.cfg.algorithm
         all_rows = rollout.rows()
         self.attach_logprobs(all_rows, timer, need_old=self.off_policy)
+        lengths = [len(c) for c in rollout.completions.completion_ids]
         if not self.off_policy:
-            self.accumulate_gradients(all_rows, self.rows_per_step, timer, totals)
+            tokens = int(self.parallel.sum([float(sum(lengths))])[0])
+            self.accumulate_gradients(all_rows, self._shape(self.rows_per_step, tokens), timer, totals)
             self.optimizer_step(timer, totals)
             return
         kept_index = {row: i for i, row in enumerate(i for i in range(len(rollout.rewards)) if bool(rollout.keep[i]))}
@@ -365,7 +497,9 @@ class Trainer:
             order = torch.randperm(self.rows_per_step, generator=generator).tolist()
             for mini_rows in _chunks(order, mini):
                 kept = [kept_index[r - first] for r in mini_rows if r - first in kept_index]
-                self.accumulate_gradients(all_rows.subset(kept), len(mini_rows), timer, totals)
+                local_tokens = sum(lengths[r - first] for r in mini_rows if 0 <= r - first < len(lengths))
+                tokens = int(self.parallel.sum([float(local_tokens)])[0])
+                self.accumulate_gradients(all_rows.subset(kept), self._shape(len(mini_rows), tokens), timer, totals)
                 self.optimizer_step(timer, totals)
 
     @torch.no_grad()
@@ -389,12 +523,17 @@ class Trainer:
         rows.old_logp = old if need_old else None
 
     def accumulate_gradients(
-        self, rows: UpdateRows, denominator: int, timer: PhaseTimer, totals: StepTotals, sync: bool = True
+        self, rows: UpdateRows, shape: UpdateShape | int, timer: PhaseTimer, totals: StepTotals, sync: bool = True
     ) -> None:
-        """Backprop ``rows`` in micro-batches; ``denominator`` (rows sampled for this update, before
-        filtering, on all processes) makes the gradient independent of the split and of what the
-        filter dropped. ``sync`` False: more rows follow before the optimizer step (GRPO's chunks),
-        so processes do not exchange gradients yet."""
+        """Backprop ``rows`` in micro-batches. ``shape`` (the update's global counts: rows sampled
+        before filtering, their completion tokens) gives the aggregation's denominator, which makes
+        the gradient independent of the split and of what the filter dropped; an int is a row count.
+        A denominator not known yet (None) back-propagates numerators: ``rescale_gradients`` follows.
+        ``sync`` False: more rows follow before the optimizer step (GRPO's chunks), so processes do
+        not exchange gradients yet."""
+        if isinstance(shape, int):
+            shape = self._shape(shape, sum(len(c) for c in rows.completion_ids))
+        denominator = self.loss_agg.denominator(shape) or 1.0
         order = sorted(range(len(rows)), key=lambda i: len(rows.prompt_ids[i]) + len(rows.completion_ids[i]))
         a, beta = self.cfg.algorithm, self.cfg.kl.beta if self.cfg.algorithm.rl else 0.0
         chunks = list(_chunks(order, self.cfg.trainer.micro_batch_size))
@@ -404,11 +543,19 @@ class Trainer:
             width = batch.completion_ids.shape[1]
             old = None if rows.old_logp is None else _pad_rows([rows.old_logp[i] for i in chunk], width).to(self.device)
             ref = None if rows.ref_logp is None else _pad_rows([rows.ref_logp[i] for i in chunk], width).to(self.device)
+            sampled = None if rows.sampler_logp is None else _pad_rows([rows.sampler_logp[i] for i in chunk], width).to(self.device)
             with timer.phase("forward_backward"), self.parallel.backward_context(self.train_model, sync and k == n_micro - 1):
                 logp, entropy = token_logprobs(self.train_model, batch, with_entropy=True)
+                weights = None
+                if sampled is not None:
+                    behaviour = logp.detach() if old is None else old  # the policy the sampler should have matched
+                    self._log_gap(behaviour, sampled, batch.completion_mask, totals)
+                    weights = self._rollout_weights(behaviour, sampled, batch.completion_mask)
                 loss, stats = policy_loss(
                     logp, batch.completion_mask, rows.advantages[chunk].to(self.device), denominator,
                     old_logp=old, ref_logp=ref, beta=beta, clip_eps_low=a.clip_eps_low, clip_eps_high=a.clip_eps_high,
+                    ratio_level=a.ratio_level if a.rl else "token", token_weights=weights,
+                    aggregation=self.loss_agg, shape=shape,
                 )
                 self.parallel.backward(loss)
             mask = batch.completion_mask
@@ -419,6 +566,32 @@ class Trainer:
             totals.stats += stats
         for k in range(len(chunks), n_micro):  # another process has more rows: join its gradient exchange
             self._empty_backward(timer, sync and k == n_micro - 1)
+
+    def rescale_gradients(self, used: UpdateShape, final: UpdateShape) -> None:
+        """Where the aggregation's denominator was unknown while back-propagating (``used``), scale
+        the accumulated gradient by 1 / its value once known (``final``), before clipping."""
+        if self.loss_agg.denominator(used) is not None:
+            return
+        factor = 1.0 / float(self.loss_agg.denominator(final))
+        for p in self.policy.parameters():
+            if p.grad is not None:
+                p.grad.mul_(factor)
+
+    def _log_gap(self, trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor, totals: StepTotals) -> None:
+        gap = (trainer_logp.detach() - sampler_logp).abs() * mask
+        totals.logp_gap_sum += float(gap.sum())
+        totals.logp_gap_max = max(totals.logp_gap_max, float(gap.max())) if gap.numel() else totals.logp_gap_max
+        totals.logp_gap_tokens += float(mask.sum())
+
+    def _rollout_weights(self, behaviour: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+        """Importance weights trainer / sampler per token: ``tis`` caps them, ``mis`` zeroes tokens above the cap."""
+        a = self.cfg.algorithm
+        if a.rollout_correction == "none":
+            return None
+        weights = torch.exp((behaviour - sampler_logp).clamp(max=20.0)) * mask
+        if a.rollout_correction == "tis":
+            return weights.clamp(max=a.rollout_correction_cap)
+        return torch.where(weights <= a.rollout_correction_cap, weights, torch.zeros_like(weights))
 
     def _empty_backward(self, timer: PhaseTimer, sync: bool) -> None:
         """A zero-loss forward/backward on one token: adds nothing to the gradient."""
@@ -470,26 +643,31 @@ class Trainer:
 
     def rollout_metrics(self, rollouts: list[Rollout], timer: PhaseTimer) -> dict[str, float]:
         rewards = torch.cat([r.rewards for r in rollouts])
+        correct = torch.cat([r.correct for r in rollouts]).float()
         advantages = torch.cat([r.advantages for r in rollouts])
         keep = torch.cat([r.keep for r in rollouts])
         lengths = [len(c) for r in rollouts for c in r.completions.completion_ids]
         finished = [f for r in rollouts for f in r.completions.finished]
         zero_std = sum(r.zero_std_groups for r in rollouts)
+        resample = [sum(r.resample_rounds for r in rollouts), sum(r.resampled_samples for r in rollouts)]
         if self.parallel.world_size > 1:  # the whole step's rows, in the single-process order
-            parts = self.parallel.gather((rewards, advantages, keep, lengths, finished, zero_std))
+            parts = self.parallel.gather((rewards, advantages, keep, lengths, finished, zero_std, correct, resample))
             rewards, advantages, keep = (torch.cat([p[i] for p in parts]) for i in range(3))
             lengths, finished = ([x for p in parts for x in p[i]] for i in (3, 4))
             zero_std = sum(p[5] for p in parts)
+            correct = torch.cat([p[6] for p in parts])
+            resample = [max(p[7][0] for p in parts), sum(p[7][1] for p in parts)]
         groups = len(rewards) // self.cfg.trainer.group_size
         return {
             "reward/mean": float(rewards.mean()),
             "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
-            "train/accuracy": float((rewards >= 1.0).float().mean()),
+            "train/accuracy": float(correct.mean()),
             "completions/mean_length": sum(lengths) / len(lengths),
             "completions/truncated_frac": 1.0 - sum(finished) / len(finished),
             "filter/kept_frac": float(keep.float().mean()),
             "filter/mean_abs_adv": float(advantages.abs().mean()),
             "filter/zero_std_group_frac": zero_std / groups,
+            **({"filter/resample_rounds": resample[0], "filter/resampled_samples": resample[1]} if self.cfg.filter.dynamic else {}),
             "throughput/sampling_tok_s": sum(lengths) / max(1e-9, timer.seconds["sampling"]),
         }
 
@@ -524,7 +702,8 @@ class Trainer:
             n = 1 if mode == "greedy" else e.samples_per_problem
             out = (self.sampler.generate(prompts, n=n, greedy=mode == "greedy", batch_size=e.batch_size)
                    if prompts else Completions([], [], [], []))
-            scores = [task.score(text, examples[i // n]) for i, text in enumerate(out.texts)]
+            grades = task.grade(out.texts, [examples[i // n] for i in range(len(out))]) if len(out) else []
+            scores = [float(x.correct) for x in grades]  # the task's own is_correct, whatever its reward
             correct_per_problem = [sum(scores[i * n : (i + 1) * n]) for i in range(len(examples))]
             pass_at = [sum(pass_at_k(n, int(c), k) for c in correct_per_problem) for k in e.pass_k] if n > 1 else []
             total, correct, length, finished, problems, *pass_sums = self.parallel.sum(

@@ -16,9 +16,11 @@ The warm start pretrains on teacher demonstrations, so the base model has partia
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
+from typing import Any
 
 from rlreason.errors import ConfigError
-from rlreason.tasks.base import Example, Task
+from rlreason.tasks.base import Example, Task, TaskConfig, TaskContext
 
 # Every character the task's texts use; the embedded tokenizer is built from this alphabet.
 ALPHABET = "0123456789+=,:"
@@ -46,10 +48,28 @@ def final_answer(completion: str) -> str | None:
     return completion.rsplit(":", 1)[1].strip()
 
 
+@dataclass
+class ArithmeticConfig(TaskConfig):
+    digits: int = 4  # digits per operand
+    n_test_problems: int = 256  # size of the held-out split
+    teacher_carry_noise: float = 0.6  # probability that the teacher forgets a carry
+
+
+SFT_SOURCES = ("reference", "teacher")
+
+
 class ArithmeticTask(Task):
     """Addition of two ``digits``-digit numbers; the test split is disjoint from training."""
 
+    Config = ArithmeticConfig
     name = "arithmetic"
+
+    @classmethod
+    def from_config(cls, cfg: Any, context: TaskContext) -> "ArithmeticTask":
+        if context.sft_source not in SFT_SOURCES:
+            raise ConfigError(f"sft.source={context.sft_source!r}: task=arithmetic has its own teacher; use reference or teacher")
+        return cls(digits=cfg.digits, seed=cfg.seed, n_test_problems=cfg.n_test_problems,
+                   teacher_carry_noise=cfg.teacher_carry_noise)
 
     def __init__(self, digits: int = 4, seed: int = 0, n_test_problems: int = 256, teacher_carry_noise: float = 0.6):
         if digits < 1:
@@ -89,3 +109,10 @@ class ArithmeticTask(Task):
 
     def score(self, completion: str, example: Example) -> float:
         return 1.0 if final_answer(completion) == example.answer else 0.0
+
+    def alphabet(self) -> str:
+        return ALPHABET
+
+    def cache_key(self) -> dict[str, Any]:
+        # The key cached base models were built under before tasks were parts: the same digest.
+        return {"name": "arithmetic", "digits": self.digits, "seed": self.seed, "teacher_carry_noise": self.noise}

@@ -17,12 +17,12 @@ import random
 import re
 import string
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from rlreason.errors import ConfigError, DataError, first_line
-from rlreason.tasks.base import Example, Task
+from rlreason.tasks.base import Example, Task, TaskConfig, TaskContext
 from rlreason.verify import gsm8k_answer, last_boxed, math_reward
 
 DEFAULT_PROMPT_TEMPLATE = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
@@ -139,8 +139,29 @@ def _check_prompt_template(template: str) -> None:
         )
 
 
+@dataclass
+class BenchmarkConfig(TaskConfig):
+    dataset: Optional[str] = None  # hub id
+    dataset_config: Optional[str] = None  # hub config(s), comma-separated
+    train_split: Optional[str] = "train"  # null: evaluation only
+    test_split: str = "test"
+    data_files: dict[str, str] = field(default_factory=dict)  # split -> local JSONL file
+    prompt_template: str = "{problem}"
+    chat_template: bool = False
+    verify_timeout_s: float = 5.0
+
+
 class BenchmarkTask(Task):
     """A math benchmark: prompts from a template, 1/0 reward from the final answer (math-verify)."""
+
+    Config = BenchmarkConfig
+
+    @classmethod
+    def from_config(cls, cfg: Any, context: TaskContext) -> "BenchmarkTask":
+        from rlreason.tasks import SFT_SOURCES_OF_DATA
+
+        demonstrations = None if context.sft_source in SFT_SOURCES_OF_DATA else load_sft_traces(context.sft_source)
+        return build_benchmark_task(cfg, tokenizer=context.tokenizer, demonstrations=demonstrations)
 
     def __init__(
         self,
