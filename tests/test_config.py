@@ -24,6 +24,10 @@ def test_every_ablation_combination_composes_and_validates():
     for algorithm, kl, filt in itertools.product(GROUPS["algorithm"], GROUPS["kl"], GROUPS["filter"]):
         for debug in ("false", "true"):
             cfg = compose(f"algorithm={algorithm}", f"kl={kl}", f"filter={filt}", f"debug={debug}")
+            if filt == "dynamic" and not (cfg.algorithm.rl and cfg.algorithm.preemptive_sampling):
+                with pytest.raises(ConfigError, match="dynamic"):  # SFT samples nothing; GRPO updates as it samples
+                    validate(cfg)
+                continue
             validate(cfg)
             OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
             assert cfg.algorithm.name == algorithm and cfg.kl.name == kl and cfg.filter.name == filt

@@ -37,7 +37,7 @@ def _rollout(trainer: Trainer):
     # A varied reward pattern, so advantages are non-trivial whatever the tiny model's accuracy.
     rollout.rewards = torch.tensor([float(i % 3 == 0) for i in range(len(rollout.rewards))])
     g = trainer.cfg.trainer.group_size
-    from rlreason.rl import group_advantages
+    from rlreason.advantages import grpo as group_advantages
 
     rollout.advantages = group_advantages(rollout.rewards, g)
     return rollout
@@ -58,7 +58,7 @@ def test_filter_threshold_zero_changes_nothing(trainer):
     # make one group all-equal so threshold 0 really drops rows
     g = trainer.cfg.trainer.group_size
     rollout.rewards[:g] = 1.0
-    from rlreason.rl import group_advantages
+    from rlreason.advantages import grpo as group_advantages
 
     rollout.advantages = group_advantages(rollout.rewards, g)
     unfiltered = _gradient(trainer, rollout, 4, False, 0.0, 0.0)

@@ -7,19 +7,80 @@ import math
 import pytest
 import torch
 
-from rlreason.rl import gradient_filter, group_advantages, kl_k3, policy_loss, zero_std_groups
+from rlreason import advantages as estimators
+from rlreason.advantages import zero_std_groups
+from rlreason.loss_agg import PaperLoss, SeqMeanTokenMean, SeqMeanTokenSumNorm, TokenMean, UpdateShape
+from rlreason.rl import gradient_filter, kl_k3, policy_loss
 
 
 def test_group_advantages_by_hand():
     rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
-    adv = group_advantages(rewards, group_size=4, scale_by_std=True, eps=0.0)
+    adv = estimators.grpo(rewards, group_size=4, eps=0.0)
     # group 1: mean 0.25, unbiased std sqrt(0.25) = 0.5 -> (0.75/0.5, -0.25/0.5 ...)
     assert adv[:4].tolist() == pytest.approx([1.5, -0.5, -0.5, -0.5])
     # group 2: all equal -> zero advantage (0/0 avoided by eps in practice; mean-centering gives 0)
-    adv2 = group_advantages(rewards, group_size=4, scale_by_std=True, eps=1e-4)
+    adv2 = estimators.grpo(rewards, group_size=4, eps=1e-4)
     assert adv2[4:].tolist() == [0.0, 0.0, 0.0, 0.0]
-    unscaled = group_advantages(rewards, group_size=4, scale_by_std=False)
+    unscaled = estimators.mean_only(rewards, group_size=4)
     assert unscaled[:4].tolist() == pytest.approx([0.75, -0.25, -0.25, -0.25])
+
+
+def test_rloo_and_batch_std_by_hand():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0])
+    # leave-one-out: 1 - 0/3 = 1, 0 - 1/3; group 2: 1 - 2/3 = 1/3, 0 - 1
+    assert estimators.rloo(rewards, 4).tolist() == pytest.approx([1, -1 / 3, -1 / 3, -1 / 3, 1 / 3, 1 / 3, 1 / 3, -1])
+    # batch std of 4 ones and 4 zeros (unbiased): sqrt(8/7 * 0.25)
+    scale = math.sqrt(0.25 * 8 / 7)
+    expected = [0.75, -0.25, -0.25, -0.25, 0.25, 0.25, 0.25, -0.75]
+    assert estimators.batch_std(rewards, 4, eps=0.0).tolist() == pytest.approx([e / scale for e in expected])
+
+
+def test_loss_aggregations_by_hand():
+    per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    shape = UpdateShape(rows=4, tokens=10, max_completion_tokens=5, micro_batch_size=2)
+    # seq mean: (2 + 4) / 4 rows sampled
+    agg = SeqMeanTokenMean()
+    assert float(agg.numerator(per_token, mask, shape) / agg.denominator(shape)) == pytest.approx(1.5)
+    # token mean: (1+2+3+4) / 10 tokens sampled
+    agg = TokenMean()
+    assert float(agg.numerator(per_token, mask, shape) / agg.denominator(shape)) == pytest.approx(1.0)
+    assert TokenMean().denominator(UpdateShape(4, None, 5, 2)) is None  # unknown yet: rescaled later
+    # Dr. GRPO: 10 / (4 rows x 5 tokens)
+    agg = SeqMeanTokenSumNorm()
+    assert float(agg.numerator(per_token, mask, shape) / agg.denominator(shape)) == pytest.approx(0.5)
+    # the paper's: this micro-batch 10 / (2 rows x 5), over ceil(4 / 2) = 2 micro-batches
+    agg = PaperLoss()
+    assert float(agg.numerator(per_token, mask, shape) / agg.denominator(shape)) == pytest.approx(0.5)
+
+
+def test_sequence_ratio_is_clipped_per_sequence_by_hand():
+    # one row of two tokens: log-ratios 0.2 and 0.0 -> sequence ratio exp(0.1); advantage 1; clip 0.05
+    old = torch.zeros(1, 2)
+    logp = torch.tensor([[0.2, 0.0]], requires_grad=True)
+    mask = torch.ones(1, 2)
+    loss, stats = policy_loss(logp, mask, torch.tensor([1.0]), 1.0, old_logp=old, clip_eps_low=0.05,
+                              clip_eps_high=0.05, ratio_level="sequence")
+    assert float(loss) == pytest.approx(-1.05)  # clipped at 1 + 0.05 for the whole sequence
+    assert stats.clipped_tokens == 2.0
+    loss.backward()
+    assert logp.grad.abs().sum() == 0  # clipped: no gradient
+    # within the clip range the gradient is the ratio times the token mean of d logp
+    logp2 = torch.tensor([[0.02, 0.0]], requires_grad=True)
+    loss2, _ = policy_loss(logp2, mask, torch.tensor([1.0]), 1.0, old_logp=old, clip_eps_low=0.05,
+                           clip_eps_high=0.05, ratio_level="sequence")
+    loss2.backward()
+    ratio = math.exp(0.01)
+    assert float(loss2) == pytest.approx(-ratio)
+    assert logp2.grad.tolist()[0] == pytest.approx([-ratio / 2, -ratio / 2])
+
+
+def test_rollout_weights_scale_the_policy_term():
+    logp = torch.tensor([[0.0, 0.0]], requires_grad=True)
+    weights = torch.tensor([[2.0, 0.0]])
+    loss, _ = policy_loss(logp, torch.ones(1, 2), torch.tensor([1.0]), 1.0, token_weights=weights)
+    loss.backward()
+    assert logp.grad.tolist()[0] == pytest.approx([-1.0, 0.0])  # -A * w / (2 tokens)
 
 
 def test_zero_std_groups():
