@@ -185,7 +185,7 @@ def test_default_split_is_264_114_and_seeded(tmp_path):
 
 @pytest.mark.slow
 def test_all_canonical_solutions_score_1(tmp_path):
-    """All 378 through the grader (about a minute on 2 cores): every one but the few too slow for
+    """All 378 through the grader (about two minutes on 2 cores: one to compute the expected outputs, one to grade): every one but the few too slow for
     the default limits scores 1."""
     task = MbppPlusTask(data_files=str(DATA), cache_dir=str(tmp_path), sandbox_workers=2)
     try:
