@@ -38,6 +38,13 @@ def subreaper():
     os.environ["RLREASON_SECRET_FOR_TEST"] = SECRET
     os.environ["WANDB_API_KEY"] = SECRET
     yield
+    while True:  # reap what was re-parented here (bubblewrap's pid-1 helpers of killed workers)
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                break
+        except ChildProcessError:
+            break
+    libc.prctl(36, 0)
     os.environ.pop("RLREASON_SECRET_FOR_TEST")
     os.environ.pop("WANDB_API_KEY")
 
