@@ -30,3 +30,7 @@ class TrainingDiverged(UserError):
 class OutputError(UserError):
     """A checkpoint or metrics.jsonl could not be written (disk full, no permission); what was
     written before is intact, so the run resumes from its last checkpoint."""
+
+
+class SandboxError(UserError):
+    """The code sandbox cannot start (bubblewrap missing or unable to create its namespaces)."""
