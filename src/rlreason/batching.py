@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 
 
 @dataclass
@@ -47,9 +48,36 @@ def make_batch(prompts: list[list[int]], completions: list[list[int]], pad_id: i
     )
 
 
-def token_logprobs(model: torch.nn.Module, batch: TokenBatch, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+# The chunked log-prob path computes at most this many logits at once (fp32 elements: 2**25 is 128 MB), so
+# the [B, C, vocab] logits of a whole micro-batch never exist together; with a small vocabulary the whole
+# batch is one chunk. None: the full path (every completion position's logits at once), kept for comparison.
+LOGPROB_CHUNK_ELEMENTS: int | None = 2**25
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model under DDP / accelerate wrappers (``.module``); a peft model is left as it is."""
+    while isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    return model
+
+
+def token_logprobs(model: torch.nn.Module, batch: TokenBatch, with_entropy: bool = False,
+                   chunk_elements: int | None | str = "default") -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of the completion tokens under ``model`` ([B, C]) and, optionally, the entropy
-    of the model's next-token distribution at each completion position (no gradient)."""
+    of the model's next-token distribution at each completion position (no gradient).
+
+    By default the model returns only its final hidden states, and the output layer, logsumexp and
+    gather run over chunks of positions, each under activation checkpointing: neither the forward nor
+    the backward keeps the fp32 logits of more than one chunk (at Qwen2.5's vocabulary of 151,936, a
+    micro-batch's full logits are gigabytes). ``chunk_elements=None`` takes the full path.
+    """
+    chunk = LOGPROB_CHUNK_ELEMENTS if chunk_elements == "default" else chunk_elements
+    if chunk is None:
+        return _full_logprobs(model, batch, with_entropy)
+    return _chunked_logprobs(model, batch, with_entropy, int(chunk))
+
+
+def _full_logprobs(model: torch.nn.Module, batch: TokenBatch, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     c_len = batch.completion_ids.shape[1]
     logits = model(
         input_ids=batch.input_ids,
@@ -58,11 +86,57 @@ def token_logprobs(model: torch.nn.Module, batch: TokenBatch, with_entropy: bool
         logits_to_keep=c_len + 1,
         use_cache=False,
     ).logits[:, :-1].float()
+    return _logprobs_from_logits(logits, batch.completion_ids, with_entropy)
+
+
+def _logprobs_from_logits(logits: torch.Tensor, ids: torch.Tensor, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     log_norm = torch.logsumexp(logits, dim=-1)
-    logp = logits.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1) - log_norm
+    logp = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - log_norm
     entropy = None
     if with_entropy:
         with torch.no_grad():
             probs = torch.softmax(logits, dim=-1)
             entropy = log_norm - (probs * logits).sum(-1)
+    return logp, entropy
+
+
+def _chunk_logprobs(hidden: torch.Tensor, ids: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                    with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk: [N, H] hidden states -> [N] log-probs of ``ids`` (and [N] entropies, or an empty tensor)."""
+    logits = torch.nn.functional.linear(hidden, weight, bias).float()
+    logp, entropy = _logprobs_from_logits(logits, ids, with_entropy)
+    return logp, entropy if entropy is not None else logp.new_empty(0)
+
+
+def _chunked_logprobs(model: torch.nn.Module, batch: TokenBatch, with_entropy: bool, chunk_elements: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    b, c_len = batch.completion_ids.shape
+    # Through the wrapper's own forward (DDP registers its gradient hooks there), asking for one position's
+    # logits only; the last hidden state is the final norm's output, what the output layer reads.
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        logits_to_keep=1,
+        use_cache=False,
+        output_hidden_states=True,
+    )
+    hidden = out.hidden_states[-1][:, -(c_len + 1):-1]  # the positions that predict each completion token
+    del out
+    head = unwrap_model(model).get_output_embeddings()
+    hidden = hidden.reshape(b * c_len, hidden.shape[-1])
+    ids = batch.completion_ids.reshape(b * c_len)
+    rows = max(1, chunk_elements // head.weight.shape[0])
+    logps, entropies = [], []
+    for start in range(0, b * c_len, rows):
+        h, i = hidden[start:start + rows], ids[start:start + rows]
+        if torch.is_grad_enabled() and (h.requires_grad or head.weight.requires_grad):
+            # Recompute the chunk's logits in the backward instead of keeping them.
+            logp, ent = torch.utils.checkpoint.checkpoint(_chunk_logprobs, h, i, head.weight, head.bias, with_entropy,
+                                                          use_reentrant=False)
+        else:
+            logp, ent = _chunk_logprobs(h, i, head.weight, head.bias, with_entropy)
+        logps.append(logp)
+        entropies.append(ent)
+    logp = torch.cat(logps).view(b, c_len)
+    entropy = torch.cat(entropies).view(b, c_len).detach() if with_entropy else None
     return logp, entropy
