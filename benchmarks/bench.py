@@ -455,6 +455,104 @@ def rss_curve(base_overrides: list[str], path: str, rows, micro_sizes: list[int]
     return out
 
 
+# The log-prob memory comparison (--logprobs): rows x (prompt + completion) random tokens at the model's shape.
+LOGPROB_ROWS, LOGPROB_PROMPT, LOGPROB_COMPLETION = 8, 32, 128
+
+
+def shape_model(overrides: list[str], seed: int = 0):
+    """A random-weight model of the composed config's shape (no tokenizer, no warm start, no hub)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    m = compose(overrides).model
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=m.vocab_size or 64, hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
+                         num_hidden_layers=m.num_hidden_layers, num_attention_heads=m.num_attention_heads,
+                         num_key_value_heads=m.num_key_value_heads, max_position_embeddings=m.max_position_embeddings,
+                         tie_word_embeddings=True, pad_token_id=0)
+    model = Qwen2ForCausalLM(config).to(getattr(torch, m.dtype))
+    if m.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def logprob_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """In a fresh process: peak memory growth and time of one log-prob forward+backward, full or chunked.
+
+    Gradients are allocated beforehand (a small pass, then zeroed in place), so the growth is what the
+    step itself needs: activations, logits and their gradients. CPU: the RSS high-water mark (VmHWM,
+    reset through /proc/self/clear_refs); GPU: the allocator's peak."""
+    from rlreason.batching import make_batch
+    from rlreason.batching import token_logprobs as logprobs
+    from rlreason.rl import policy_loss
+
+    torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
+    model = shape_model(spec["overrides"]).to(DEVICE)
+    model.train()
+    chunk = None if spec["variant"] == "full" else "default"
+    g = torch.Generator().manual_seed(1)
+    vocab = model.config.vocab_size
+    rows, p_len, c_len = spec["rows"], spec["prompt"], spec["completion"]
+    prompts = torch.randint(1, vocab, (rows, p_len), generator=g).tolist()
+    completions = torch.randint(1, vocab, (rows, c_len), generator=g).tolist()
+    batch = make_batch(prompts, completions, 0, DEVICE)
+
+    def step(b) -> None:
+        logp, _ = logprobs(model, b, with_entropy=True, chunk_elements=chunk)
+        mask = b.completion_mask
+        policy_loss(logp, mask, torch.ones(mask.shape[0], device=mask.device), mask.shape[0])[0].backward()
+
+    step(make_batch(prompts[:1], [c[:4] for c in completions[:1]], 0, DEVICE))
+    model.zero_grad(set_to_none=False)
+    sync()
+    if DEVICE.type == "cuda":
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        read_peak = lambda: torch.cuda.max_memory_allocated()  # noqa: E731
+    else:
+        Path("/proc/self/clear_refs").write_text("5")
+        before, read_peak = _proc_status_kb("VmRSS") * 1024, lambda: _proc_status_kb("VmHWM") * 1024
+    seconds = []
+    for _ in range(spec.get("reps", 1)):
+        start = time.perf_counter()
+        step(batch)
+        sync()
+        seconds.append(time.perf_counter() - start)
+    return {"variant": spec["variant"], "peak_delta_mb": (read_peak() - before) / 2**20, "step_s": median(seconds),
+            "tokens_per_s": batch.num_tokens / median(seconds), "rows": rows, "prompt": p_len, "completion": c_len,
+            "vocab": vocab, "device": DEVICE.type}
+
+
+def logprob_comparison(overrides: list[str], rows: int = LOGPROB_ROWS, prompt: int = LOGPROB_PROMPT,
+                       completion: int = LOGPROB_COMPLETION, reps: int = 1, threads: int | None = None) -> list[dict[str, Any]]:
+    """The log-prob step (forward+backward) with the full logits and chunked, each in a fresh process."""
+    out = []
+    for variant in ("full", "chunked"):
+        spec = {"overrides": overrides, "variant": variant, "rows": rows, "prompt": prompt, "completion": completion,
+                "reps": reps, "threads": threads}
+        proc = subprocess.run([sys.executable, __file__, "--logprob-worker", json.dumps(spec)], capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+        if proc.returncode != 0:
+            raise RuntimeError(f"log-prob worker ({variant}) failed: {proc.stderr.strip()[-2000:]}")
+        out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    full, chunked = out
+    chunked["peak_vs_full"] = chunked["peak_delta_mb"] / full["peak_delta_mb"]
+    chunked["throughput_vs_full"] = chunked["tokens_per_s"] / full["tokens_per_s"]
+    return out
+
+
+def logprob_markdown(results: list[dict[str, Any]], title: str) -> str:
+    r = results[0]
+    lines = [f"## Log-prob step memory: full logits vs chunked ({title})", "",
+             f"{r['rows']} rows x ({r['prompt']} prompt + {r['completion']} completion) tokens, vocabulary {r['vocab']}, "
+             f"one forward+backward with entropy, {r['device']}; peak growth: "
+             + ("GPU allocator" if r["device"] == "cuda" else "RSS high-water mark (VmHWM), fresh process per variant"), "",
+             "| variant | peak growth (MB) | step (s) | tokens/s | peak vs full | throughput vs full |", "|---|---|---|---|---|---|"]
+    for x in results:
+        lines.append(f"| {x['variant']} | {x['peak_delta_mb']:.0f} | {x['step_s']:.2f} | {x['tokens_per_s']:.0f} | "
+                     f"{fmt(x.get('peak_vs_full'))} | {fmt(x.get('throughput_vs_full'))} |")
+    return "\n".join(lines)
+
+
 def flops_per_token(model, rows) -> tuple[float, float]:
     """(forward, forward+backward) FLOPs per real token, counted by FlopCounterMode on real rows
     without padding (one row at a time), so padding and masked positions are not counted as work."""
@@ -642,10 +740,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="OVERRIDE",
                         help="a Hydra override for every arm and curve, e.g. --set sampler.max_new_tokens=256 (repeatable)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default outputs/bench/<time>)")
+    parser.add_argument("--logprobs", action="store_true",
+                        help="only the log-prob memory comparison (full logits vs chunked) at --shape (default: the "
+                             f"tiny model), {LOGPROB_ROWS} rows x ({LOGPROB_PROMPT} + {LOGPROB_COMPLETION}) tokens")
+    parser.add_argument("--logprob-completion", type=int, default=LOGPROB_COMPLETION, help="completion tokens of --logprobs")
     parser.add_argument("--rss-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--logprob-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_worker:
         print(json.dumps(rss_worker(json.loads(args.rss_worker))))
+        return 0
+    if args.logprob_worker:
+        print(json.dumps(logprob_worker(json.loads(args.logprob_worker))))
+        return 0
+    if args.logprobs:
+        overrides = ([f"model={args.shape}-shape"] if args.shape else []) + args.set
+        results = logprob_comparison(overrides, completion=args.logprob_completion, reps=args.reps or 1)
+        print(logprob_markdown(results, args.shape or "tiny"))
         return 0
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.utils.checkpoint
 
 
 @dataclass
@@ -48,10 +47,10 @@ def make_batch(prompts: list[list[int]], completions: list[list[int]], pad_id: i
     )
 
 
-# The chunked log-prob path computes at most this many logits at once (fp32 elements: 2**25 is 128 MB), so
-# the [B, C, vocab] logits of a whole micro-batch never exist together; with a small vocabulary the whole
-# batch is one chunk. None: the full path (every completion position's logits at once), kept for comparison.
-LOGPROB_CHUNK_ELEMENTS: int | None = 2**25
+# The chunked log-prob path computes at most this many logits at once (fp32 elements), so
+# the [B, C, vocab] logits of a whole micro-batch never exist together (2**24 fp32 elements: 64 MB); with a
+# small vocabulary the whole batch is one chunk. None: the full path (every completion position's logits at once), kept for comparison.
+LOGPROB_CHUNK_ELEMENTS: int | None = 2**24
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -67,7 +66,8 @@ def token_logprobs(model: torch.nn.Module, batch: TokenBatch, with_entropy: bool
     of the model's next-token distribution at each completion position (no gradient).
 
     By default the model returns only its final hidden states, and the output layer, logsumexp and
-    gather run over chunks of positions, each under activation checkpointing: neither the forward nor
+    gather run over chunks of positions (``_ChunkedHeadLogprobs``, which recomputes a chunk's logits in the
+    backward): neither the forward nor
     the backward keeps the fp32 logits of more than one chunk (at Qwen2.5's vocabulary of 151,936, a
     micro-batch's full logits are gigabytes). ``chunk_elements=None`` takes the full path.
     """
@@ -100,12 +100,55 @@ def _logprobs_from_logits(logits: torch.Tensor, ids: torch.Tensor, with_entropy:
     return logp, entropy
 
 
-def _chunk_logprobs(hidden: torch.Tensor, ids: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                    with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One chunk: [N, H] hidden states -> [N] log-probs of ``ids`` (and [N] entropies, or an empty tensor)."""
-    logits = torch.nn.functional.linear(hidden, weight, bias).float()
-    logp, entropy = _logprobs_from_logits(logits, ids, with_entropy)
-    return logp, entropy if entropy is not None else logp.new_empty(0)
+class _ChunkedHeadLogprobs(torch.autograd.Function):
+    """Output layer + log-softmax + gather over chunks of rows, keeping no logits between forward and backward.
+
+    Forward: per chunk, logits -> log-probs, log-normalisers (kept: [N] floats) and entropies. Backward: per
+    chunk, the logits are recomputed, d logp / d logits = onehot - softmax, and the hidden-state gradient is
+    written in place and the weight gradient accumulated in one buffer (no per-chunk [vocab, H] gradients).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, ids, rows, with_entropy):  # noqa: ANN001
+        n = hidden.shape[0]
+        logp = hidden.new_empty(n, dtype=torch.float32)
+        log_norm = hidden.new_empty(n, dtype=torch.float32)
+        entropy = hidden.new_empty(n if with_entropy else 0, dtype=torch.float32)
+        for s in range(0, n, rows):
+            logits = torch.nn.functional.linear(hidden[s:s + rows], weight, bias).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            log_norm[s:s + rows] = lse
+            logp[s:s + rows] = logits.gather(-1, ids[s:s + rows].unsqueeze(-1)).squeeze(-1) - lse
+            if with_entropy:
+                entropy[s:s + rows] = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+        ctx.save_for_backward(hidden, weight, bias, ids, log_norm)
+        ctx.rows = rows
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_entropy):  # noqa: ANN001
+        hidden, weight, bias, ids, log_norm = ctx.saved_tensors
+        rows = ctx.rows
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_b = torch.zeros_like(bias) if need_b and bias is not None else None
+        for s in range(0, hidden.shape[0], rows):
+            h = hidden[s:s + rows]
+            g = grad_logp[s:s + rows].float()
+            logits = torch.nn.functional.linear(h, weight, bias).float()
+            grad_logits = torch.exp(logits - log_norm[s:s + rows].unsqueeze(-1)).mul_(-g.unsqueeze(-1))
+            grad_logits.scatter_add_(-1, ids[s:s + rows].unsqueeze(-1), g.unsqueeze(-1))
+            del logits
+            grad_logits = grad_logits.to(weight.dtype)
+            if grad_h is not None:
+                torch.mm(grad_logits, weight, out=grad_h[s:s + rows])
+            if grad_w is not None:
+                grad_w.addmm_(grad_logits.t(), h)
+            if grad_b is not None:
+                grad_b += grad_logits.sum(0)
+        return grad_h, grad_w, grad_b, None, None, None
 
 
 def _chunked_logprobs(model: torch.nn.Module, batch: TokenBatch, with_entropy: bool, chunk_elements: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -126,17 +169,5 @@ def _chunked_logprobs(model: torch.nn.Module, batch: TokenBatch, with_entropy: b
     hidden = hidden.reshape(b * c_len, hidden.shape[-1])
     ids = batch.completion_ids.reshape(b * c_len)
     rows = max(1, chunk_elements // head.weight.shape[0])
-    logps, entropies = [], []
-    for start in range(0, b * c_len, rows):
-        h, i = hidden[start:start + rows], ids[start:start + rows]
-        if torch.is_grad_enabled() and (h.requires_grad or head.weight.requires_grad):
-            # Recompute the chunk's logits in the backward instead of keeping them.
-            logp, ent = torch.utils.checkpoint.checkpoint(_chunk_logprobs, h, i, head.weight, head.bias, with_entropy,
-                                                          use_reentrant=False)
-        else:
-            logp, ent = _chunk_logprobs(h, i, head.weight, head.bias, with_entropy)
-        logps.append(logp)
-        entropies.append(ent)
-    logp = torch.cat(logps).view(b, c_len)
-    entropy = torch.cat(entropies).view(b, c_len).detach() if with_entropy else None
-    return logp, entropy
+    logp, entropy = _ChunkedHeadLogprobs.apply(hidden, head.weight, head.bias, ids, rows, with_entropy)
+    return logp.view(b, c_len), entropy.view(b, c_len) if with_entropy else None
