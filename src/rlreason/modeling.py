@@ -68,11 +68,12 @@ def build_tiny_model(model_cfg: Any, tokenizer: PreTrainedTokenizerFast, seed: i
     return Qwen2ForCausalLM(config)
 
 
-def load_model(path: str, model_cfg: Any) -> Any:
-    """A causal LM from a hub id or directory; one clear line if it cannot be loaded."""
+def load_model(path: str, model_cfg: Any, dtype: torch.dtype | None = None) -> Any:
+    """A causal LM from a hub id or directory (in ``dtype``, default ``model.dtype``); one clear line if it
+    cannot be loaded."""
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=getattr(torch, model_cfg.dtype), attn_implementation=model_cfg.attn_implementation
+            path, dtype=dtype or getattr(torch, model_cfg.dtype), attn_implementation=model_cfg.attn_implementation
         )
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load model {path!r}: {first_line(exc)}") from None
@@ -192,9 +193,12 @@ def load_policy(cfg: Any, task: Task, tokenizer: Any = None) -> tuple[Any, Any, 
     return model, tokenizer, path
 
 
-def load_reference(path: str, model_cfg: Any) -> Any:
-    """A frozen copy of the base model, for the KL penalty (loaded only when kl.beta > 0)."""
-    model = load_model(path, model_cfg)
+def load_reference(path: str, model_cfg: Any, dtype: torch.dtype | None = None) -> Any:
+    """A frozen copy of the base model, for the KL penalty (loaded only when kl.beta > 0), in the dtype the
+    policy computes in: ``model.dtype``, or ``dtype`` (the autocast dtype under mixed precision,
+    ``Parallel.compute_dtype``: frozen weights need no fp32 master copy). Its forward runs under the
+    policy's autocast through ``Parallel.prepare_reference``."""
+    model = load_model(path, model_cfg, dtype=dtype)
     model.eval()
     model.requires_grad_(False)
     return model
