@@ -51,6 +51,7 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # --shape NAME: time conf/model/NAME-shape.yaml (a real model's shape, random weights) at realistic lengths.
 SHAPES = ("qwen2.5-0.5b",)
 SHAPE_MAX_NEW_TOKENS = 512  # about the paper's response lengths at the end of training (548-627 tokens)
+SHAPE_MAX_MICRO_BATCH = 16  # --shape: the backprop curve's largest micro-batch
 # What the memory curve measures: the resident set of a fresh process (CPU) or the allocator's peak (GPU).
 MEMORY_KIND = "GPU allocator" if DEVICE.type == "cuda" else "RSS (fresh process)"
 
@@ -163,8 +164,13 @@ def run_arm(name: str, base_overrides: list[str], rep: int, out: Path) -> dict[s
     torch.manual_seed(1000 + rep)  # the sampling seed of this repetition, the same for every arm
     load = load_average()
     summary = trainer.fit()
-    final_greedy = held_out_accuracy(trainer.sampler, trainer.task, cfg, greedy=True)
-    final_sampled = held_out_accuracy(trainer.sampler, trainer.task, cfg, greedy=False, n=FINAL_SAMPLES)
+    # fit() closed the trainer's sampler (a vLLM engine is shut down then): the final accuracies come from
+    # transformers' generate on the trained policy, with the same sampling settings.
+    from rlreason.sampling import HFSampler
+
+    final = HFSampler(trainer.policy, trainer.tokenizer, cfg.sampler)
+    final_greedy = held_out_accuracy(final, trainer.task, cfg, greedy=True)
+    final_sampled = held_out_accuracy(final, trainer.task, cfg, greedy=False, n=FINAL_SAMPLES)
     train_rows = read_metrics(run_dir, "train")
     eval_rows = read_metrics(run_dir, "eval")
     elapsed = {0: 0.0, **{r["step"]: r["time/train_elapsed_s"] for r in train_rows}}
@@ -221,8 +227,9 @@ def run_trl(name: str, base_overrides: list[str], rep: int, out: Path) -> dict[s
 
     sampler = build_sampler(cfg.sampler, model, tokenizer)
 
-    def evaluate(greedy: bool = False) -> float:
-        return held_out_accuracy(sampler, task, cfg, greedy)
+    def evaluate(greedy: bool = False, n: int = 1) -> float:
+        sampler.sync_weights(model)  # TRL trained the model since the last look (a vLLM engine must get its weights)
+        return held_out_accuracy(sampler, task, cfg, greedy, n=n)
 
     timing = {"sampling": 0.0, "eval": 0.0}
     curve: list[tuple[float, int, float]] = []
@@ -289,7 +296,8 @@ def run_trl(name: str, base_overrides: list[str], rep: int, out: Path) -> dict[s
     trainer.train()
     train_s = time.perf_counter() - timing["start"] - timing["eval"]
     final_greedy = evaluate(greedy=True)
-    final_sampled = held_out_accuracy(sampler, task, cfg, greedy=False, n=FINAL_SAMPLES)
+    final_sampled = evaluate(greedy=False, n=FINAL_SAMPLES)
+    sampler.close()
     return {
         "arm": name,
         "rep": rep,
@@ -725,6 +733,39 @@ def plot(gen_curve, bp_curve, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- main
+def write_results(out: Path, rows, gen_curve, bp_curve, peaks: list[float], fpt, info: dict[str, Any],
+                  started: float) -> str:
+    """Write results.md, arms.csv, curves.csv and raw.json from what has been measured so far."""
+    peak = max(peaks)
+    info = {**info, "matmul_peaks_gflops": [round(p / 1e9, 1) for p in peaks],
+            "bench_seconds": round(time.perf_counter() - started), "load_avg_end": load_average(),
+            "command": " ".join([Path(sys.executable).name, *sys.argv])}
+    table = summarise(rows, peak, fpt) if rows else []
+    targets = {r["rep"]: r["target_acc"] for r in rows if "target_acc" in r}
+    md = markdown(table, gen_curve, bp_curve, peak, fpt, info, targets)
+    (out / "results.md").write_text(md)
+    if rows:
+        with open(out / "arms.csv", "w", newline="") as f:
+            keys = [k for k in rows[0] if k != "curve"] + ["target_acc", "time_to_target_s"]
+            keys += [k for k in ("train_flops", "flops_frac_step", "flops_frac_backprop") if k not in keys]
+            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(keys)), extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+    if gen_curve:
+        with open(out / "curves.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["kind", "batch", "tokens_per_s", "saved_activations_mb", "peak_mem_delta_mb", "load_avg"])
+            for g in gen_curve:
+                writer.writerow(["sampling", g["generation_batch"], round(g["sampling_tok_s"], 1), "", "", g["load_avg"]])
+            for b in bp_curve:
+                writer.writerow(["backprop", b["micro_batch"], round(b["backprop_tok_s"], 1),
+                                 round(b["saved_activations_mb"], 2), b["peak_mem_delta_mb"], b["load_avg"]])
+    (out / "raw.json").write_text(json.dumps({"machine": info, "rows": rows, "table": table, "generation": gen_curve,
+                                              "backprop": bp_curve, "flops_per_token": fpt, "peak_flops": peak},
+                                             indent=1, default=str))
+    return md
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke test: debug model, 3 steps, 1 repetition")
@@ -802,57 +843,39 @@ def main(argv: list[str] | None = None) -> int:
     fpt = flops_per_token(model, rows_for_curves)
 
     rows: list[dict[str, Any]] = []
+    gen_curve: list[dict[str, Any]] = []
+    bp_curve: list[dict[str, Any]] = []
     for rep in range(reps):
         order = arms[rep % len(arms):] + arms[: rep % len(arms)]
         for arm in order:
             row = run_trl(arm, base, rep, out) if arm in TRL_ARMS else run_arm(arm, base, rep, out)
             rows.append(row)
             log.info("rep %d %-14s train %.1fs acc %.3f (load %s)", rep, arm, row["train_s"], row["final_acc"], row["load_avg"])
+            # Written as each arm finishes: an out-of-memory later (an arm, a curve) keeps these numbers.
+            write_results(out, rows, gen_curve, bp_curve, peaks, fpt, info, started)
         peaks.append(matmul_peak(0.1 if quick else 0.5, dtype))
 
-    gen_curve: list[dict[str, Any]] = []
-    bp_curve: list[dict[str, Any]] = []
     if not args.no_curves:
         gen_sizes = [4, 8, 16, 32] if quick else [8, 16, 32, 64, 128, 256, 512]
         micro_sizes = [1, 4, 16] if quick else [1, 2, 4, 8, 16, 32, 64, 128]
+        if args.shape:  # at a real model's vocabulary, 128 rows of 512 tokens need hundreds of GB of logits
+            micro_sizes = [m for m in micro_sizes if m <= SHAPE_MAX_MICRO_BATCH]
         curve_reps = 1 if quick else 3
-        gen_curve = generation_curve(cfg, task, model, tokenizer, gen_sizes, curve_reps)
-        bp_curve = backprop_curve(cfg, model, rows_for_curves, micro_sizes, curve_reps)
-        if DEVICE.type == "cpu":  # a GPU's peak memory is measured in backprop_curve
-            from rlreason.modeling import base_model_path
+        try:
+            gen_curve = generation_curve(cfg, task, model, tokenizer, gen_sizes, curve_reps)
+            bp_curve = backprop_curve(cfg, model, rows_for_curves, micro_sizes, curve_reps)
+            if DEVICE.type == "cpu":  # a GPU's peak memory is measured in backprop_curve
+                from rlreason.modeling import base_model_path
 
-            rss = rss_curve(base, base_model_path(cfg, task), rows_for_curves, micro_sizes)
-            for b in bp_curve:
-                b["peak_mem_delta_mb"] = rss.get(b["micro_batch"])
-        plot(gen_curve, bp_curve, out / "curves.png")
-        log.info("curves done (load %s)", load_average())
+                rss = rss_curve(base, base_model_path(cfg, task), rows_for_curves, micro_sizes)
+                for b in bp_curve:
+                    b["peak_mem_delta_mb"] = rss.get(b["micro_batch"])
+            plot(gen_curve, bp_curve, out / "curves.png")
+            log.info("curves done (load %s)", load_average())
+        except torch.OutOfMemoryError as exc:
+            log.error("curves stopped by out-of-memory (the arms' numbers are kept): %s", str(exc).splitlines()[0])
     peaks.append(matmul_peak(0.1 if quick else 0.5, dtype))
-    peak = max(peaks)
-    info.update(matmul_peaks_gflops=[round(p / 1e9, 1) for p in peaks], bench_seconds=round(time.perf_counter() - started),
-                load_avg_end=load_average(), command=" ".join([Path(sys.executable).name, *sys.argv]))
-
-    table = summarise(rows, peak, fpt)
-    targets = {r["rep"]: r["target_acc"] for r in rows}
-    md = markdown(table, gen_curve, bp_curve, peak, fpt, info, targets)
-    (out / "results.md").write_text(md)
-    with open(out / "arms.csv", "w", newline="") as f:
-        keys = [k for k in rows[0] if k != "curve"] + ["target_acc", "time_to_target_s"]
-        keys += [k for k in ("train_flops", "flops_frac_step", "flops_frac_backprop") if k not in keys]
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(keys)), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    if gen_curve:
-        with open(out / "curves.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["kind", "batch", "tokens_per_s", "saved_activations_mb", "peak_mem_delta_mb", "load_avg"])
-            for g in gen_curve:
-                writer.writerow(["sampling", g["generation_batch"], round(g["sampling_tok_s"], 1), "", "", g["load_avg"]])
-            for b in bp_curve:
-                writer.writerow(["backprop", b["micro_batch"], round(b["backprop_tok_s"], 1),
-                                 round(b["saved_activations_mb"], 2), b["peak_mem_delta_mb"], b["load_avg"]])
-    (out / "raw.json").write_text(json.dumps({"machine": info, "rows": rows, "table": table, "generation": gen_curve,
-                                              "backprop": bp_curve, "flops_per_token": fpt, "peak_flops": peak},
-                                             indent=1, default=str))
+    md = write_results(out, rows, gen_curve, bp_curve, peaks, fpt, info, started)
     print(md)
     log.info("wrote %s (%.0f s)", out, time.perf_counter() - started)
     return 0
