@@ -496,7 +496,7 @@ def logprob_worker(spec: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
     model = shape_model(spec["overrides"]).to(DEVICE)
     model.train()
-    chunk = None if spec["variant"] == "full" else "default"
+    chunk = None if spec["variant"] == "full" else spec.get("chunk_elements") or "default"
     g = torch.Generator().manual_seed(1)
     vocab = model.config.vocab_size
     rows, p_len, c_len = spec["rows"], spec["prompt"], spec["completion"]
@@ -531,12 +531,13 @@ def logprob_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def logprob_comparison(overrides: list[str], rows: int = LOGPROB_ROWS, prompt: int = LOGPROB_PROMPT,
-                       completion: int = LOGPROB_COMPLETION, reps: int = 1, threads: int | None = None) -> list[dict[str, Any]]:
+                       completion: int = LOGPROB_COMPLETION, reps: int = 1, threads: int | None = None,
+                       chunk_elements: int | None = None) -> list[dict[str, Any]]:
     """The log-prob step (forward+backward) with the full logits and chunked, each in a fresh process."""
     out = []
     for variant in ("full", "chunked"):
         spec = {"overrides": overrides, "variant": variant, "rows": rows, "prompt": prompt, "completion": completion,
-                "reps": reps, "threads": threads}
+                "reps": reps, "threads": threads, "chunk_elements": chunk_elements}
         proc = subprocess.run([sys.executable, __file__, "--logprob-worker", json.dumps(spec)], capture_output=True,
                               text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
         if proc.returncode != 0:
@@ -785,6 +786,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the log-prob memory comparison (full logits vs chunked) at --shape (default: the "
                              f"tiny model), {LOGPROB_ROWS} rows x ({LOGPROB_PROMPT} + {LOGPROB_COMPLETION}) tokens")
     parser.add_argument("--logprob-completion", type=int, default=LOGPROB_COMPLETION, help="completion tokens of --logprobs")
+    parser.add_argument("--logprob-chunk-elements", type=int, default=None,
+                        help="logits per chunk of the chunked variant (default: batching.LOGPROB_CHUNK_ELEMENTS)")
     parser.add_argument("--rss-worker", help=argparse.SUPPRESS)
     parser.add_argument("--logprob-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -796,7 +799,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.logprobs:
         overrides = ([f"model={args.shape}-shape"] if args.shape else []) + args.set
-        results = logprob_comparison(overrides, completion=args.logprob_completion, reps=args.reps or 1)
+        results = logprob_comparison(overrides, completion=args.logprob_completion, reps=args.reps or 1,
+                                     chunk_elements=args.logprob_chunk_elements)
         print(logprob_markdown(results, args.shape or "tiny"))
         return 0
 
