@@ -38,6 +38,8 @@ VLLM_CPU_TORCH := torch==2.13.0
 VLLM_DROP := torchvision torchaudio torchcodec
 # Extra arguments for benchmarks/bench.py, e.g. make bench BENCH_ARGS="--quick" or "--reps 5".
 BENCH_ARGS ?=
+# Extra arguments for benchmarks/gpu_check.py, e.g. make gpu-check GPU_CHECK_ARGS=--cpu-smoke.
+GPU_CHECK_ARGS ?=
 
 help: ## List the targets.
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -90,7 +92,10 @@ bench: $(STAMP) ## Time GRPO vs DASH vs TRL's GRPOTrainer, plus throughput curve
 	@$(PY) -c "import trl; assert trl.__version__ == '1.16.0'" 2>/dev/null || { $(PIP) install -q -c $(VENV)/constraints.txt -e '.[bench]' 2>&1 | $(QUIET_PIP); }
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
 
+gpu-check: $(STAMP) ## On a GPU machine (<5 min): Qwen2.5-0.5B-shaped grpo vs dash_nofilter, log-prob memory, LoRA step, vLLM push; one table. GPU_CHECK_ARGS=--cpu-smoke on a CPU.
+	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
 clean: ## Remove run outputs (keeps .venv and the cached base models).
 	rm -rf outputs multirun wandb reports
 
-.PHONY: help install install-vllm train test test-vllm sweep analysis bench clean
+.PHONY: help install install-vllm train test test-vllm sweep analysis bench gpu-check clean

@@ -51,6 +51,7 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # --shape NAME: time conf/model/NAME-shape.yaml (a real model's shape, random weights) at realistic lengths.
 SHAPES = ("qwen2.5-0.5b",)
 SHAPE_MAX_NEW_TOKENS = 512  # about the paper's response lengths at the end of training (548-627 tokens)
+SHAPE_MAX_MICRO_BATCH = 16  # --shape: the backprop curve's largest micro-batch
 # What the memory curve measures: the resident set of a fresh process (CPU) or the allocator's peak (GPU).
 MEMORY_KIND = "GPU allocator" if DEVICE.type == "cuda" else "RSS (fresh process)"
 
@@ -163,8 +164,13 @@ def run_arm(name: str, base_overrides: list[str], rep: int, out: Path) -> dict[s
     torch.manual_seed(1000 + rep)  # the sampling seed of this repetition, the same for every arm
     load = load_average()
     summary = trainer.fit()
-    final_greedy = held_out_accuracy(trainer.sampler, trainer.task, cfg, greedy=True)
-    final_sampled = held_out_accuracy(trainer.sampler, trainer.task, cfg, greedy=False, n=FINAL_SAMPLES)
+    # fit() closed the trainer's sampler (a vLLM engine is shut down then): the final accuracies come from
+    # transformers' generate on the trained policy, with the same sampling settings.
+    from rlreason.sampling import HFSampler
+
+    final = HFSampler(trainer.policy, trainer.tokenizer, cfg.sampler)
+    final_greedy = held_out_accuracy(final, trainer.task, cfg, greedy=True)
+    final_sampled = held_out_accuracy(final, trainer.task, cfg, greedy=False, n=FINAL_SAMPLES)
     train_rows = read_metrics(run_dir, "train")
     eval_rows = read_metrics(run_dir, "eval")
     elapsed = {0: 0.0, **{r["step"]: r["time/train_elapsed_s"] for r in train_rows}}
@@ -221,8 +227,9 @@ def run_trl(name: str, base_overrides: list[str], rep: int, out: Path) -> dict[s
 
     sampler = build_sampler(cfg.sampler, model, tokenizer)
 
-    def evaluate(greedy: bool = False) -> float:
-        return held_out_accuracy(sampler, task, cfg, greedy)
+    def evaluate(greedy: bool = False, n: int = 1) -> float:
+        sampler.sync_weights(model)  # TRL trained the model since the last look (a vLLM engine must get its weights)
+        return held_out_accuracy(sampler, task, cfg, greedy, n=n)
 
     timing = {"sampling": 0.0, "eval": 0.0}
     curve: list[tuple[float, int, float]] = []
@@ -289,7 +296,8 @@ def run_trl(name: str, base_overrides: list[str], rep: int, out: Path) -> dict[s
     trainer.train()
     train_s = time.perf_counter() - timing["start"] - timing["eval"]
     final_greedy = evaluate(greedy=True)
-    final_sampled = held_out_accuracy(sampler, task, cfg, greedy=False, n=FINAL_SAMPLES)
+    final_sampled = evaluate(greedy=False, n=FINAL_SAMPLES)
+    sampler.close()
     return {
         "arm": name,
         "rep": rep,
@@ -453,6 +461,105 @@ def rss_curve(base_overrides: list[str], path: str, rows, micro_sizes: list[int]
                               text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
         out[m] = json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_delta_mb"]
     return out
+
+
+# The log-prob memory comparison (--logprobs): rows x (prompt + completion) random tokens at the model's shape.
+LOGPROB_ROWS, LOGPROB_PROMPT, LOGPROB_COMPLETION = 8, 32, 128
+
+
+def shape_model(overrides: list[str], seed: int = 0):
+    """A random-weight model of the composed config's shape (no tokenizer, no warm start, no hub)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    m = compose(overrides).model
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=m.vocab_size or 64, hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
+                         num_hidden_layers=m.num_hidden_layers, num_attention_heads=m.num_attention_heads,
+                         num_key_value_heads=m.num_key_value_heads, max_position_embeddings=m.max_position_embeddings,
+                         tie_word_embeddings=True, pad_token_id=0)
+    model = Qwen2ForCausalLM(config).to(getattr(torch, m.dtype))
+    if m.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def logprob_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """In a fresh process: peak memory growth and time of one log-prob forward+backward, full or chunked.
+
+    Gradients are allocated beforehand (a small pass, then zeroed in place), so the growth is what the
+    step itself needs: activations, logits and their gradients. CPU: the RSS high-water mark (VmHWM,
+    reset through /proc/self/clear_refs); GPU: the allocator's peak."""
+    from rlreason.batching import make_batch
+    from rlreason.batching import token_logprobs as logprobs
+    from rlreason.rl import policy_loss
+
+    torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
+    model = shape_model(spec["overrides"]).to(DEVICE)
+    model.train()
+    chunk = None if spec["variant"] == "full" else spec.get("chunk_elements") or "default"
+    g = torch.Generator().manual_seed(1)
+    vocab = model.config.vocab_size
+    rows, p_len, c_len = spec["rows"], spec["prompt"], spec["completion"]
+    prompts = torch.randint(1, vocab, (rows, p_len), generator=g).tolist()
+    completions = torch.randint(1, vocab, (rows, c_len), generator=g).tolist()
+    batch = make_batch(prompts, completions, 0, DEVICE)
+
+    def step(b) -> None:
+        logp, _ = logprobs(model, b, with_entropy=True, chunk_elements=chunk)
+        mask = b.completion_mask
+        policy_loss(logp, mask, torch.ones(mask.shape[0], device=mask.device), mask.shape[0])[0].backward()
+
+    step(make_batch(prompts[:1], [c[:4] for c in completions[:1]], 0, DEVICE))
+    model.zero_grad(set_to_none=False)
+    sync()
+    if DEVICE.type == "cuda":
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        read_peak = lambda: torch.cuda.max_memory_allocated()  # noqa: E731
+    else:
+        Path("/proc/self/clear_refs").write_text("5")
+        before, read_peak = _proc_status_kb("VmRSS") * 1024, lambda: _proc_status_kb("VmHWM") * 1024
+    seconds = []
+    for _ in range(spec.get("reps", 1)):
+        start = time.perf_counter()
+        step(batch)
+        sync()
+        seconds.append(time.perf_counter() - start)
+    return {"variant": spec["variant"], "peak_delta_mb": (read_peak() - before) / 2**20, "step_s": median(seconds),
+            "tokens_per_s": batch.num_tokens / median(seconds), "rows": rows, "prompt": p_len, "completion": c_len,
+            "vocab": vocab, "device": DEVICE.type}
+
+
+def logprob_comparison(overrides: list[str], rows: int = LOGPROB_ROWS, prompt: int = LOGPROB_PROMPT,
+                       completion: int = LOGPROB_COMPLETION, reps: int = 1, threads: int | None = None,
+                       chunk_elements: int | None = None) -> list[dict[str, Any]]:
+    """The log-prob step (forward+backward) with the full logits and chunked, each in a fresh process."""
+    out = []
+    for variant in ("full", "chunked"):
+        spec = {"overrides": overrides, "variant": variant, "rows": rows, "prompt": prompt, "completion": completion,
+                "reps": reps, "threads": threads, "chunk_elements": chunk_elements}
+        proc = subprocess.run([sys.executable, __file__, "--logprob-worker", json.dumps(spec)], capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+        if proc.returncode != 0:
+            raise RuntimeError(f"log-prob worker ({variant}) failed: {proc.stderr.strip()[-2000:]}")
+        out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    full, chunked = out
+    chunked["peak_vs_full"] = chunked["peak_delta_mb"] / full["peak_delta_mb"]
+    chunked["throughput_vs_full"] = chunked["tokens_per_s"] / full["tokens_per_s"]
+    return out
+
+
+def logprob_markdown(results: list[dict[str, Any]], title: str) -> str:
+    r = results[0]
+    lines = [f"## Log-prob step memory: full logits vs chunked ({title})", "",
+             f"{r['rows']} rows x ({r['prompt']} prompt + {r['completion']} completion) tokens, vocabulary {r['vocab']}, "
+             f"one forward+backward with entropy, {r['device']}; peak growth: "
+             + ("GPU allocator" if r["device"] == "cuda" else "RSS high-water mark (VmHWM), fresh process per variant"), "",
+             "| variant | peak growth (MB) | step (s) | tokens/s | peak vs full | throughput vs full |", "|---|---|---|---|---|---|"]
+    for x in results:
+        lines.append(f"| {x['variant']} | {x['peak_delta_mb']:.0f} | {x['step_s']:.2f} | {x['tokens_per_s']:.0f} | "
+                     f"{fmt(x.get('peak_vs_full'))} | {fmt(x.get('throughput_vs_full'))} |")
+    return "\n".join(lines)
 
 
 def flops_per_token(model, rows) -> tuple[float, float]:
@@ -627,6 +734,39 @@ def plot(gen_curve, bp_curve, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- main
+def write_results(out: Path, rows, gen_curve, bp_curve, peaks: list[float], fpt, info: dict[str, Any],
+                  started: float) -> str:
+    """Write results.md, arms.csv, curves.csv and raw.json from what has been measured so far."""
+    peak = max(peaks)
+    info = {**info, "matmul_peaks_gflops": [round(p / 1e9, 1) for p in peaks],
+            "bench_seconds": round(time.perf_counter() - started), "load_avg_end": load_average(),
+            "command": " ".join([Path(sys.executable).name, *sys.argv])}
+    table = summarise(rows, peak, fpt) if rows else []
+    targets = {r["rep"]: r["target_acc"] for r in rows if "target_acc" in r}
+    md = markdown(table, gen_curve, bp_curve, peak, fpt, info, targets)
+    (out / "results.md").write_text(md)
+    if rows:
+        with open(out / "arms.csv", "w", newline="") as f:
+            keys = [k for k in rows[0] if k != "curve"] + ["target_acc", "time_to_target_s"]
+            keys += [k for k in ("train_flops", "flops_frac_step", "flops_frac_backprop") if k not in keys]
+            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(keys)), extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+    if gen_curve:
+        with open(out / "curves.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["kind", "batch", "tokens_per_s", "saved_activations_mb", "peak_mem_delta_mb", "load_avg"])
+            for g in gen_curve:
+                writer.writerow(["sampling", g["generation_batch"], round(g["sampling_tok_s"], 1), "", "", g["load_avg"]])
+            for b in bp_curve:
+                writer.writerow(["backprop", b["micro_batch"], round(b["backprop_tok_s"], 1),
+                                 round(b["saved_activations_mb"], 2), b["peak_mem_delta_mb"], b["load_avg"]])
+    (out / "raw.json").write_text(json.dumps({"machine": info, "rows": rows, "table": table, "generation": gen_curve,
+                                              "backprop": bp_curve, "flops_per_token": fpt, "peak_flops": peak},
+                                             indent=1, default=str))
+    return md
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke test: debug model, 3 steps, 1 repetition")
@@ -642,10 +782,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="OVERRIDE",
                         help="a Hydra override for every arm and curve, e.g. --set sampler.max_new_tokens=256 (repeatable)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default outputs/bench/<time>)")
+    parser.add_argument("--logprobs", action="store_true",
+                        help="only the log-prob memory comparison (full logits vs chunked) at --shape (default: the "
+                             f"tiny model), {LOGPROB_ROWS} rows x ({LOGPROB_PROMPT} + {LOGPROB_COMPLETION}) tokens")
+    parser.add_argument("--logprob-completion", type=int, default=LOGPROB_COMPLETION, help="completion tokens of --logprobs")
+    parser.add_argument("--logprob-chunk-elements", type=int, default=None,
+                        help="logits per chunk of the chunked variant (default: batching.LOGPROB_CHUNK_ELEMENTS)")
     parser.add_argument("--rss-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--logprob-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_worker:
         print(json.dumps(rss_worker(json.loads(args.rss_worker))))
+        return 0
+    if args.logprob_worker:
+        print(json.dumps(logprob_worker(json.loads(args.logprob_worker))))
+        return 0
+    if args.logprobs:
+        overrides = ([f"model={args.shape}-shape"] if args.shape else []) + args.set
+        results = logprob_comparison(overrides, completion=args.logprob_completion, reps=args.reps or 1,
+                                     chunk_elements=args.logprob_chunk_elements)
+        print(logprob_markdown(results, args.shape or "tiny"))
         return 0
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -691,57 +847,39 @@ def main(argv: list[str] | None = None) -> int:
     fpt = flops_per_token(model, rows_for_curves)
 
     rows: list[dict[str, Any]] = []
+    gen_curve: list[dict[str, Any]] = []
+    bp_curve: list[dict[str, Any]] = []
     for rep in range(reps):
         order = arms[rep % len(arms):] + arms[: rep % len(arms)]
         for arm in order:
             row = run_trl(arm, base, rep, out) if arm in TRL_ARMS else run_arm(arm, base, rep, out)
             rows.append(row)
             log.info("rep %d %-14s train %.1fs acc %.3f (load %s)", rep, arm, row["train_s"], row["final_acc"], row["load_avg"])
+            # Written as each arm finishes: an out-of-memory later (an arm, a curve) keeps these numbers.
+            write_results(out, rows, gen_curve, bp_curve, peaks, fpt, info, started)
         peaks.append(matmul_peak(0.1 if quick else 0.5, dtype))
 
-    gen_curve: list[dict[str, Any]] = []
-    bp_curve: list[dict[str, Any]] = []
     if not args.no_curves:
         gen_sizes = [4, 8, 16, 32] if quick else [8, 16, 32, 64, 128, 256, 512]
         micro_sizes = [1, 4, 16] if quick else [1, 2, 4, 8, 16, 32, 64, 128]
+        if args.shape:  # at a real model's vocabulary, 128 rows of 512 tokens need hundreds of GB of logits
+            micro_sizes = [m for m in micro_sizes if m <= SHAPE_MAX_MICRO_BATCH]
         curve_reps = 1 if quick else 3
-        gen_curve = generation_curve(cfg, task, model, tokenizer, gen_sizes, curve_reps)
-        bp_curve = backprop_curve(cfg, model, rows_for_curves, micro_sizes, curve_reps)
-        if DEVICE.type == "cpu":  # a GPU's peak memory is measured in backprop_curve
-            from rlreason.modeling import base_model_path
+        try:
+            gen_curve = generation_curve(cfg, task, model, tokenizer, gen_sizes, curve_reps)
+            bp_curve = backprop_curve(cfg, model, rows_for_curves, micro_sizes, curve_reps)
+            if DEVICE.type == "cpu":  # a GPU's peak memory is measured in backprop_curve
+                from rlreason.modeling import base_model_path
 
-            rss = rss_curve(base, base_model_path(cfg, task), rows_for_curves, micro_sizes)
-            for b in bp_curve:
-                b["peak_mem_delta_mb"] = rss.get(b["micro_batch"])
-        plot(gen_curve, bp_curve, out / "curves.png")
-        log.info("curves done (load %s)", load_average())
+                rss = rss_curve(base, base_model_path(cfg, task), rows_for_curves, micro_sizes)
+                for b in bp_curve:
+                    b["peak_mem_delta_mb"] = rss.get(b["micro_batch"])
+            plot(gen_curve, bp_curve, out / "curves.png")
+            log.info("curves done (load %s)", load_average())
+        except torch.OutOfMemoryError as exc:
+            log.error("curves stopped by out-of-memory (the arms' numbers are kept): %s", str(exc).splitlines()[0])
     peaks.append(matmul_peak(0.1 if quick else 0.5, dtype))
-    peak = max(peaks)
-    info.update(matmul_peaks_gflops=[round(p / 1e9, 1) for p in peaks], bench_seconds=round(time.perf_counter() - started),
-                load_avg_end=load_average(), command=" ".join([Path(sys.executable).name, *sys.argv]))
-
-    table = summarise(rows, peak, fpt)
-    targets = {r["rep"]: r["target_acc"] for r in rows}
-    md = markdown(table, gen_curve, bp_curve, peak, fpt, info, targets)
-    (out / "results.md").write_text(md)
-    with open(out / "arms.csv", "w", newline="") as f:
-        keys = [k for k in rows[0] if k != "curve"] + ["target_acc", "time_to_target_s"]
-        keys += [k for k in ("train_flops", "flops_frac_step", "flops_frac_backprop") if k not in keys]
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(keys)), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    if gen_curve:
-        with open(out / "curves.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["kind", "batch", "tokens_per_s", "saved_activations_mb", "peak_mem_delta_mb", "load_avg"])
-            for g in gen_curve:
-                writer.writerow(["sampling", g["generation_batch"], round(g["sampling_tok_s"], 1), "", "", g["load_avg"]])
-            for b in bp_curve:
-                writer.writerow(["backprop", b["micro_batch"], round(b["backprop_tok_s"], 1),
-                                 round(b["saved_activations_mb"], 2), b["peak_mem_delta_mb"], b["load_avg"]])
-    (out / "raw.json").write_text(json.dumps({"machine": info, "rows": rows, "table": table, "generation": gen_curve,
-                                              "backprop": bp_curve, "flops_per_token": fpt, "peak_flops": peak},
-                                             indent=1, default=str))
+    md = write_results(out, rows, gen_curve, bp_curve, peaks, fpt, info, started)
     print(md)
     log.info("wrote %s (%.0f s)", out, time.perf_counter() - started)
     return 0

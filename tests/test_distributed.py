@@ -9,6 +9,7 @@ split over processes and micro-batches.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -177,3 +178,86 @@ def test_sigterm_to_the_job_stops_every_process_cleanly_and_the_run_resumes(tmp_
                           timeout=300)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert [r["step"] for r in _metrics(run) if r["kind"] == "train"] == list(range(1, 31))
+
+
+# A rank that reports how it was set up, then blocks: rank 0 sleeps, the others wait for it in a collective.
+_PROBE = '''
+import json, os, sys, time
+import torch
+from rlreason.distributed import get_parallel
+p = get_parallel()
+class Probe(torch.nn.Linear):
+    def forward(self, x):
+        self.seen = super().forward(x).dtype  # inside the forward: accelerate casts outputs back to fp32
+        return super().forward(x)
+layer = Probe(4, 4)
+model, _ = p.prepare(layer, torch.optim.SGD(layer.parameters(), lr=0.1), 1, 1.0)
+model(torch.ones(1, 4))
+out = layer.seen
+ref = p.prepare_reference(torch.nn.Linear(4, 4))
+Path = __import__("pathlib").Path
+Path(sys.argv[1], f"rank{p.rank}.json").write_text(json.dumps({
+    "pid": os.getpid(), "kind": type(p).__name__, "world_size": p.world_size, "out_dtype": str(out),
+    "ref_param_dtype": str(next(ref.parameters()).dtype), "ref_out_dtype": str(ref(torch.ones(1, 4)).dtype)}))
+if len(sys.argv) > 2:
+    if p.rank == 0:
+        time.sleep(120)
+    p.barrier()
+'''
+
+
+def _probe(tmp_path: Path) -> Path:
+    script = tmp_path / "probe.py"
+    script.write_text(_PROBE)
+    return script
+
+
+def test_one_process_accelerate_launch_goes_through_accelerate(tmp_path: Path):
+    """`accelerate launch --num_processes 1 --mixed_precision bf16` (the README's one-GPU launch): accelerate's
+    autocast applies to the policy and the reference (cast to bf16), and collectives are skipped."""
+    launch = [ACCELERATE, "launch", "--config_file", str(CONF / "accelerate" / "ddp_cpu.yaml"), "--num_processes", "1",
+              "--mixed_precision", "bf16"]
+    done = subprocess.run([*launch, str(_probe(tmp_path)), str(tmp_path)], env=_env(tmp_path), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    got = json.loads((tmp_path / "rank0.json").read_text())
+    assert got["kind"] == "AccelerateParallel" and got["world_size"] == 1
+    assert got["out_dtype"] == "torch.bfloat16"  # the prepared policy's forward ran under autocast
+    assert got["ref_param_dtype"] == "torch.bfloat16" and got["ref_out_dtype"] == "torch.bfloat16"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in state  # a zombie has exited already
+
+
+def test_workers_die_with_a_killed_launcher(tmp_path: Path):
+    """SIGKILL to the `accelerate launch` process of a 2-process job: no rank outlives it (PR_SET_PDEATHSIG)."""
+    job = subprocess.Popen([*LAUNCH, str(_probe(tmp_path)), str(tmp_path), "block"], env=_env(tmp_path),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    files = [tmp_path / "rank0.json", tmp_path / "rank1.json"]
+    pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not all(f.exists() for f in files):
+            assert job.poll() is None, "the job ended before it could be killed"
+            time.sleep(0.1)
+        time.sleep(0.5)  # both ranks written: rank 0 sleeps, rank 1 waits in the barrier
+        pids = [json.loads(f.read_text())["pid"] for f in files]
+        assert all(_alive(pid) for pid in pids)
+        job.kill()
+        job.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+            time.sleep(0.1)
+        left = [pid for pid in pids if _alive(pid)]
+        assert not left, f"ranks {left} outlived their launcher"
+    finally:
+        for pid in pids:  # never leave a rank behind, even when the test fails
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if job.poll() is None:
+            job.kill()

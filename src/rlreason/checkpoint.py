@@ -102,4 +102,7 @@ def checkpoint_step(path: Path) -> int:
 
 
 def load_trainer_state(path: Path) -> dict[str, Any]:
-    return torch.load(Path(path) / STATE_FILE, weights_only=False)
+    """The saved trainer state, every tensor on the CPU: rank 0 saved its optimizer state from cuda:0, and
+    under DDP each rank must not load it there (``optimizer.load_state_dict`` moves it to the parameters'
+    device; the RNG states are CPU tensors anyway)."""
+    return torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=False)

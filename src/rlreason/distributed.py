@@ -2,7 +2,9 @@
 
 The trainer talks to a ``Parallel``; with one process (plain ``python train.py``) every method is
 the identity, so single-process training runs exactly the code it always ran (on a machine with
-CUDA, the policy and reference are moved to the GPU). Under ``accelerate launch`` with one of the
+CUDA, the policy and reference are moved to the GPU). Under ``accelerate launch``, even with one
+process, accelerate is used (so its ``mixed_precision`` autocast applies), and every rank dies with
+its launcher (``die_with_launcher``). Under ``accelerate launch`` with one of the
 configs in conf/accelerate/ (DDP on CPU/gloo or GPU/NCCL, or DeepSpeed ZeRO-2; on a CPU, note that
 ``accelerate launch --cpu --num_processes N`` starts a single process, use ddp_cpu.yaml):
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from typing import TYPE_CHECKING, Any, Iterator
 
 if TYPE_CHECKING:  # torch is imported where used, so train.py reports a config error without loading it
@@ -41,6 +44,32 @@ def launched_world_size() -> int:
 
 def launched_rank() -> int:
     return int(os.environ.get("RANK", "0"))
+
+
+def launched_by_accelerate() -> bool:
+    """Started by ``accelerate launch`` (any process count: it always exports its mixed-precision choice)."""
+    return "ACCELERATE_MIXED_PRECISION" in os.environ
+
+
+def die_with_launcher() -> None:
+    """Have the kernel SIGKILL this process when its parent (the launcher) dies (Linux ``PR_SET_PDEATHSIG``).
+
+    torch's launcher starts each rank as its own session leader, so killing the launcher's process
+    group does not reach the ranks, and a rank blocked in a collective ignores SIGTERM: without this,
+    ranks of a killed job live on, holding their memory (a GPU's, on a GPU).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    if libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # the launcher died before the line above
+        os._exit(1)
 
 
 def hydra_overrides_for_rank(argv: list[str]) -> list[str]:
@@ -76,9 +105,18 @@ class Parallel:
 
         return torch.device("cuda") if torch.cuda.is_available() else None
 
+    @property
+    def compute_dtype(self) -> torch.dtype | None:
+        """The dtype autocast computes in (accelerate's ``mixed_precision``); None: no autocast."""
+        return None
+
     def prepare(self, model: Any, optimizer: Any, micro_batch_size: int, max_grad_norm: float) -> tuple[Any, Any]:
         """The model to run training forwards through, and the optimizer to step."""
         return model, optimizer
+
+    def prepare_reference(self, model: Any) -> Any:
+        """The frozen reference model, computing as the policy does (cast, and under the same autocast)."""
+        return model
 
     def shard(self, items: list[Any]) -> list[Any]:
         """This process's contiguous share of ``items`` (all of them with one process)."""
@@ -150,6 +188,30 @@ class AccelerateParallel(Parallel):
     def device(self) -> torch.device:
         return self.accelerator.device
 
+    @property
+    def compute_dtype(self) -> torch.dtype | None:
+        import torch
+
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(self.accelerator.mixed_precision))
+
+    def prepare_reference(self, model: Any) -> Any:
+        import functools
+
+        if model is None:
+            return None
+        if self.compute_dtype is not None:
+            model.to(self.compute_dtype)  # frozen: no optimizer needs fp32 master weights
+            forward = model.forward
+            accelerator = self.accelerator
+
+            @functools.wraps(forward)
+            def autocast_forward(*args: Any, **kwargs: Any) -> Any:
+                with accelerator.autocast():
+                    return forward(*args, **kwargs)
+
+            model.forward = autocast_forward
+        return model
+
     def prepare(self, model: Any, optimizer: Any, micro_batch_size: int, max_grad_norm: float) -> tuple[Any, Any]:
         if self.uses_deepspeed:
             # No dataloader tells DeepSpeed its batch size; it only books it (the trainer splits batches).
@@ -167,6 +229,8 @@ class AccelerateParallel(Parallel):
     def micro_batches(self, local: int, sync: bool) -> int:
         import torch
 
+        if self.world_size == 1:  # `accelerate launch --num_processes 1`: no process group
+            return local
         counts = torch.tensor([local, int(self._unsynced)], device=self.device)
         torch.distributed.all_reduce(counts, op=torch.distributed.ReduceOp.MAX)
         most, pending = int(counts[0]), bool(counts[1])
@@ -203,6 +267,8 @@ class AccelerateParallel(Parallel):
     def sum(self, values: list[float]) -> list[float]:
         import torch
 
+        if self.world_size == 1:
+            return values
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(t)
         return t.tolist()
@@ -210,6 +276,8 @@ class AccelerateParallel(Parallel):
     def gather(self, obj: Any) -> list[Any]:
         import torch
 
+        if self.world_size == 1:
+            return [obj]
         out: list[Any] = [None] * self.world_size
         torch.distributed.all_gather_object(out, obj)
         return out
@@ -217,6 +285,8 @@ class AccelerateParallel(Parallel):
     def broadcast(self, obj: Any) -> Any:
         import torch
 
+        if self.world_size == 1:
+            return obj
         box = [obj]
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
@@ -237,5 +307,8 @@ def get_parallel() -> Parallel:
     """This process's ``Parallel`` (created once: the process group lives as long as the process)."""
     global _PARALLEL
     if _PARALLEL is None:
-        _PARALLEL = AccelerateParallel() if launched_world_size() > 1 else Parallel()
+        if launched_world_size() > 1 or launched_by_accelerate():
+            die_with_launcher()
+        # Under `accelerate launch` even with one process, so its mixed precision (autocast) applies.
+        _PARALLEL = AccelerateParallel() if launched_world_size() > 1 or launched_by_accelerate() else Parallel()
     return _PARALLEL

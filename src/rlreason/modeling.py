@@ -68,11 +68,12 @@ def build_tiny_model(model_cfg: Any, tokenizer: PreTrainedTokenizerFast, seed: i
     return Qwen2ForCausalLM(config)
 
 
-def load_model(path: str, model_cfg: Any) -> Any:
-    """A causal LM from a hub id or directory; one clear line if it cannot be loaded."""
+def load_model(path: str, model_cfg: Any, dtype: torch.dtype | None = None) -> Any:
+    """A causal LM from a hub id or directory (in ``dtype``, default ``model.dtype``); one clear line if it
+    cannot be loaded."""
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=getattr(torch, model_cfg.dtype), attn_implementation=model_cfg.attn_implementation
+            path, dtype=dtype or getattr(torch, model_cfg.dtype), attn_implementation=model_cfg.attn_implementation
         )
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load model {path!r}: {first_line(exc)}") from None
@@ -201,9 +202,51 @@ def load_policy(cfg: Any, task: Task, tokenizer: Any = None) -> tuple[Any, Any, 
     return model, tokenizer, path
 
 
-def load_reference(path: str, model_cfg: Any) -> Any:
-    """A frozen copy of the base model, for the KL penalty (loaded only when kl.beta > 0)."""
-    model = load_model(path, model_cfg)
+def load_reference(path: str, model_cfg: Any, dtype: torch.dtype | None = None) -> Any:
+    """A frozen copy of the base model, for the KL penalty (loaded only when kl.beta > 0), in the dtype the
+    policy computes in: ``model.dtype``, or ``dtype`` (the autocast dtype under mixed precision,
+    ``Parallel.compute_dtype``: frozen weights need no fp32 master copy). Its forward runs under the
+    policy's autocast through ``Parallel.prepare_reference``."""
+    model = load_model(path, model_cfg, dtype=dtype)
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def _lora_setting(lora_cfg: Any, key: str, default: Any) -> Any:
+    return lora_cfg.get(key, default) if isinstance(lora_cfg, dict) else getattr(lora_cfg, key, default)
+
+
+def apply_lora(model: Any, lora_cfg: Any) -> Any:
+    """The model with LoRA adapters (peft) on ``target_modules``, only the adapters trainable; ``rank`` 0:
+    the model itself. A target that names no module of this model is a ConfigError listing the names it has."""
+    rank = int(_lora_setting(lora_cfg, "rank", 0) or 0)
+    if rank <= 0:
+        return model
+    targets = list(_lora_setting(lora_cfg, "target_modules", None) or [])
+    leaf_names = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if isinstance(module, torch.nn.Linear)})
+    full_names = [name for name, _ in model.named_modules() if name]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in full_names)]
+    if not targets or missing:
+        what = f"names no module of this model: {missing}" if missing else "is empty"
+        raise ConfigError(f"model.lora.target_modules {what}; its linear layers are: {', '.join(leaf_names)}")
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=float(_lora_setting(lora_cfg, "alpha", 2 * rank)),
+                        lora_dropout=float(_lora_setting(lora_cfg, "dropout", 0.0)), target_modules=targets,
+                        bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+@contextlib.contextmanager
+def reference_via_disabled_adapters(policy: Any) -> Iterator[Any]:
+    """The LoRA policy with its adapters off, i.e. the base model: the KL reference without a second copy of
+    the weights. ``with reference_via_disabled_adapters(policy) as reference: token_logprobs(reference, batch)``."""
+    from rlreason.batching import unwrap_model
+
+    inner = unwrap_model(policy)
+    if not hasattr(inner, "disable_adapter"):
+        raise ConfigError("the reference via disabled adapters needs a LoRA policy (model.lora.rank > 0)")
+    with inner.disable_adapter(), torch.no_grad():
+        yield policy

@@ -5,15 +5,21 @@ weights reach it by reference, not through a socket. It is built with ``load_for
 (random weights, nothing read from disk but the config) and every weight it ever samples with
 is pushed from the policy:
 
-- ``sync_weights(policy)`` streams ``policy.state_dict()`` into the engine through the worker's
+- ``sync_weights(policy)`` (the trainer calls it after every optimizer step) marks the engine's
+  weights out of date; the next ``generate`` pushes once, so PPO's several updates per sampled
+  batch cost one push. A push streams ``policy.state_dict()`` into the engine through the worker's
   ``reload_weights`` (vLLM's in-place reload: it maps checkpoint names onto vLLM's fused layers
   and redoes the post-load processing, e.g. the CPU build's packed weights), then clears the
-  prefix cache, whose keys and values were computed with the old weights. The trainer calls it
-  after every optimizer step.
+  prefix cache, whose keys and values were computed with the old weights.
 - Staleness is checked, never assumed: a sync records a fingerprint of the policy's weights
-  (every parameter's float64 sum and L2 norm), and ``generate`` recomputes it and raises
-  ``StaleWeightsError`` if it moved, i.e. if the policy changed and nobody synced. (Tensor version
-  counters would be cheaper, but a fused AdamW step does not bump them.)
+  (the float64 sum of a fixed strided sample of at most ``FINGERPRINT_SAMPLES`` entries of every
+  parameter: an optimizer step moves all of them, so does loading a checkpoint), and ``generate``
+  recomputes it and raises ``StaleWeightsError`` if it moved, i.e. if the policy changed and nobody
+  synced. (Tensor version counters would be cheaper, but a fused AdamW step does not bump them.)
+- The engine computes in ``sampler.dtype`` (auto: bfloat16 on CUDA, which FlashAttention needs and
+  halves weight and KV-cache memory; the policy's dtype on CPU), its context is ``max_model_len``
+  tokens (default: the longest prompt budget plus ``max_new_tokens``, not the model's 32k), and the
+  CUDA cache is emptied before the engine wakes (TRL does the same, against out-of-memory on wake-up).
 - The push itself is verified: the first ``generate`` after a sync scores a probe sequence (the
   batch's own first prompts) with the engine's prompt log-probs and with a forward pass of the
   policy, and raises ``WeightSyncError`` if they disagree by more than the dtype's tolerance
@@ -52,6 +58,33 @@ INSTALL_HINT = "sampler=vllm needs vLLM: pip install vllm (GPU) or make install-
 # a few 1e-2 on average. A sync that failed is off by whole nats.
 SYNC_CHECK_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.15, torch.float16: 0.1}
 PROBE_TOKENS = 32
+# Entries of each parameter the staleness fingerprint reads (a fixed stride through the flattened tensor).
+FINGERPRINT_SAMPLES = 4096
+# Prompt tokens budgeted in the engine's context when sampler.max_model_len is not set (null).
+DEFAULT_PROMPT_BUDGET = 1024
+
+
+def engine_dtype(setting: str | None, policy_dtype: torch.dtype, on_cuda: bool) -> torch.dtype:
+    """``sampler.dtype``: auto (or unset) is bfloat16 on CUDA and the policy's dtype elsewhere."""
+    if setting in (None, "auto"):
+        return torch.bfloat16 if on_cuda else policy_dtype
+    dtype = getattr(torch, str(setting), None)
+    if not isinstance(dtype, torch.dtype) or dtype not in SYNC_CHECK_TOLERANCE:
+        raise ConfigError(f"sampler.dtype={setting!r}: use auto, float32, bfloat16 or float16")
+    return dtype
+
+
+def sync_check_tolerance(engine: torch.dtype, policy: torch.dtype) -> float:
+    """The push check's tolerance: that of the coarser of the engine's and the policy's dtypes."""
+    return max(SYNC_CHECK_TOLERANCE.get(engine, 0.15), SYNC_CHECK_TOLERANCE.get(policy, 0.15))
+
+
+def engine_max_model_len(sampler_cfg: Any, model_config: Any) -> int:
+    """``sampler.max_model_len``, or the prompt budget plus ``max_new_tokens``, within the model's positions."""
+    configured = getattr(sampler_cfg, "max_model_len", None)
+    want = int(configured) if configured else DEFAULT_PROMPT_BUDGET + int(sampler_cfg.max_new_tokens)
+    positions = getattr(model_config, "max_position_embeddings", None)
+    return min(want, positions) if positions else want
 
 
 class StaleWeightsError(RuntimeError):
@@ -99,12 +132,21 @@ def _quiet_expected_vllm_warnings() -> None:
 
 @torch.no_grad()
 def policy_fingerprint(policy: torch.nn.Module) -> torch.Tensor:
-    """Each parameter's sum and L2 norm, accumulated in float64: changes whenever the weights do,
-    however they were written (an optimizer step, fused or not, ``load_state_dict``, ``.data``).
-    Reading every weight once costs a few milliseconds on a GPU for a 3B model."""
-    stats = [torch.stack([p.sum(dtype=torch.float64), torch.linalg.vector_norm(p, dtype=torch.float64)])
-             for p in policy.parameters()]
+    """Per parameter, the float64 sum of a fixed strided sample of at most ``FINGERPRINT_SAMPLES`` entries
+    (no copy of the weights): changes whenever an optimizer step (fused or not), ``load_state_dict`` or a
+    write through ``.data`` changes the weights; a write to a few entries between the samples can escape it."""
+    stats = []
+    for p in policy.parameters():
+        flat = p.detach().reshape(-1)
+        stride = max(1, -(-flat.numel() // FINGERPRINT_SAMPLES))
+        stats.append(flat[::stride].sum(dtype=torch.float64))
     return torch.stack(stats).cpu()
+
+
+def _empty_cuda_cache() -> None:
+    """Give the CUDA cache's free blocks back before the engine wakes (its wake-up allocates in one go)."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _unwrapped(policy: torch.nn.Module) -> torch.nn.Module:
@@ -128,8 +170,10 @@ class VLLMSampler(Sampler):
         if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
             raise ConfigError("sampler=vllm runs in single-process training only for now (use sampler=hf with accelerate launch)")
         _quiet_expected_vllm_warnings()
-        self.dtype = next(model.parameters()).dtype
+        self.policy_dtype = next(model.parameters()).dtype
         self.on_cpu = current_platform.is_cpu()
+        self.dtype = engine_dtype(getattr(sampler_cfg, "dtype", None), self.policy_dtype, on_cuda=not self.on_cpu)
+        self.max_model_len = engine_max_model_len(sampler_cfg, _unwrapped(model).config)
         self.sleep_mode = bool(sampler_cfg.enable_sleep_mode)
         if self.sleep_mode and self.on_cpu:
             log.warning("sampler.enable_sleep_mode ignored: vLLM's CPU build has no sleep mode")
@@ -148,6 +192,7 @@ class VLLMSampler(Sampler):
                 generation_config="vllm",  # the model's own sampling defaults never apply
                 enforce_eager=self.on_cpu,  # no graph capture/compilation on CPU (start-up time, 2 cores)
                 gpu_memory_utilization=sampler_cfg.gpu_memory_utilization,
+                max_model_len=self.max_model_len,
                 enable_sleep_mode=self.sleep_mode,
                 seed=seed,
             )
@@ -158,25 +203,35 @@ class VLLMSampler(Sampler):
         self.weights_awake = self.kv_awake = True
         self.synced_fingerprint: torch.Tensor | None = None
         self.verified = False
-        self.syncs = 0
+        self.syncs = 0  # sync_weights calls
+        self.pushes = 0  # weight pushes into the engine (at most one per generate)
+        self.pending = False
         self.sync_weights(model)
 
     # ------------------------------------------------------------------ weights
     def sync_weights(self, policy: torch.nn.Module) -> None:
-        """Push ``policy``'s current weights into the engine (the trainer: after every optimizer step)."""
+        """Mark the engine's weights out of date (the trainer: after every optimizer step); the next
+        ``generate`` pushes ``policy``'s weights then, once however many updates came before it."""
         self.policy = policy
+        self.synced_fingerprint = policy_fingerprint(policy)
+        self.pending = True
+        self.syncs += 1
+
+    def _push(self) -> None:
+        """Stream the policy's weights into the engine now."""
         if not self.weights_awake:
+            _empty_cuda_cache()
             self.llm.wake_up(tags=["weights"])
             self.weights_awake = True
-        inner = _unwrapped(policy)
+        inner = _unwrapped(self.policy)
         with torch.no_grad():
             weights = [(name, tensor.detach()) for name, tensor in inner.state_dict().items()]
             # The worker's in-place reload, run in this process: the tensors go by reference.
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()  # cached keys/values were computed with the old weights
-        self.synced_fingerprint = policy_fingerprint(policy)
+        self.pending = False
         self.verified = False
-        self.syncs += 1
+        self.pushes += 1
 
     def check_fresh(self) -> None:
         """Raise ``StaleWeightsError`` if the policy changed after the last sync."""
@@ -203,7 +258,7 @@ class VLLMSampler(Sampler):
             inner.train(was_training)
         policy = torch.log_softmax(logits, -1).gather(-1, torch.tensor(probe[1:], device=device)[:, None])[:, 0].cpu()
         gap = float((engine - policy).abs().mean())
-        tolerance = SYNC_CHECK_TOLERANCE.get(self.dtype, 0.15)
+        tolerance = sync_check_tolerance(self.dtype, self.policy_dtype)
         if not math.isfinite(gap) or gap > tolerance:
             raise WeightSyncError(
                 f"after sync_weights the vLLM engine's log-probs differ from the policy's by {gap:.3g} nats per token "
@@ -227,9 +282,10 @@ class VLLMSampler(Sampler):
         )
 
     def _wake(self) -> None:
-        if not self.weights_awake:  # slept at level 2 without a sync since: the weights are gone
-            self.sync_weights(self.policy)
+        if self.pending or not self.weights_awake:  # a sync since the last push, or slept at level 2: push
+            self._push()
         if not self.kv_awake:
+            _empty_cuda_cache()
             self.llm.wake_up(tags=["kv_cache"])
             self.kv_awake = True
 

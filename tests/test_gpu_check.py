@@ -1,0 +1,50 @@
+"""`make gpu-check --cpu-smoke`: every check of the GPU check runs on the CPU, shrunk, and prints one table."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_gpu_check():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_optional_checks_say_why_they_skip_and_the_table_has_one_row_per_check():
+    gpu_check = load_gpu_check()
+    lora = gpu_check.check_lora(gpu_check.SMOKE)
+    from rlreason import modeling
+
+    if not hasattr(modeling, "apply_lora"):
+        assert lora.startswith("skipped: LoRA")
+    else:  # one real LoRA step on the shrunk shape: only the adapters train
+        assert 0 < lora["trainable params"] < 100_000 and lora["step s"] > 0
+    if importlib.util.find_spec("vllm") is None:
+        assert gpu_check.check_vllm(gpu_check.SMOKE).startswith("skipped: vllm is not installed")
+    text = gpu_check.table([("a", {"x": 1, "y": 2.5}, 1.0), ("b", "skipped: why", 0.0)], "somewhere")
+    assert text.splitlines()[0] == "## gpu-check on somewhere"
+    assert "| a | x 1, y 2.5 | 1.0 |" in text and "| b | skipped: why | 0.0 |" in text
+
+
+@pytest.mark.slow
+def test_cpu_smoke_runs_every_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    monkeypatch.setenv("RLREASON_CACHE", str(tmp_path / "cache"))
+    gpu_check = load_gpu_check()
+    assert gpu_check.main(["--cpu-smoke", "--out", str(tmp_path / "out")]) == 0
+    results = {r["check"]: r["result"] for r in json.loads((tmp_path / "out" / "gpu_check.json").read_text())}
+    arms = results["grpo vs dash_nofilter, qwen2.5-0.5b shape"]
+    assert arms["grpo train s"] > 0 and arms["dash_nofilter train s"] > 0
+    logprobs = results["log-prob step: full vs chunked"]
+    assert logprobs["full peak MB"] > 0 and logprobs["chunked peak MB"] > 0 and logprobs["tokens"] == "8x(32+16)"
+    printed = capsys.readouterr().out.split("## gpu-check on ")[-1]  # after bench.py's own tables
+    assert printed.count("\n| ") == 1 + len(results)  # the header row, then one row per check
