@@ -114,6 +114,8 @@ class SamplerConfig:
     top_p: float = 1.0
     max_new_tokens: int = 64
     # vLLM only
+    dtype: str = "auto"
+    max_model_len: Optional[int] = None
     gpu_memory_utilization: float = 0.3
     enable_sleep_mode: bool = False
     cpu_kvcache_space_gib: int = 2

@@ -207,7 +207,8 @@ class Trainer:
             self.policy, self.tokenizer, self.base_path = load_policy(cfg, self.task, tokenizer=hub_tokenizer)
         self.device = next(self.policy.parameters()).device
         a = cfg.algorithm
-        self.reference = load_reference(self.base_path, cfg.model) if a.rl and cfg.kl.beta > 0 else None
+        self.reference = (load_reference(self.base_path, cfg.model, dtype=self.parallel.compute_dtype)
+                          if a.rl and cfg.kl.beta > 0 else None)
         self.optimizer = torch.optim.AdamW(
             self.policy.parameters(),
             lr=cfg.optim.lr,
@@ -226,6 +227,8 @@ class Trainer:
             for model in (self.policy, self.reference):
                 if model is not None:
                     model.to(self.device)
+        if self.reference is not None:
+            self.reference = self.parallel.prepare_reference(self.reference)  # training dtype, same autocast
         # After the move: a vLLM engine takes its weights (and their fingerprint) from the policy where it trains.
         self.sampler = build_sampler(cfg.sampler, self.policy, self.tokenizer, model_path=self.base_path, seed=cfg.seed)
         # Seeded after building, so whether the base model came from the cache or was just built
