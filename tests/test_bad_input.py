@@ -54,7 +54,7 @@ def assert_one_error_line(proc: subprocess.CompletedProcess[str], *fragments: st
 @pytest.mark.parametrize(
     "overrides, fragments",
     [
-        (["algorithm=foo"], ["Could not find 'algorithm/foo'", "available: dash, grpo, ppo, ppo_mini, sft"]),
+        (["algorithm=foo"], ["Could not find 'algorithm/foo'", "available: dapo, dash, dr_grpo, grpo, gspo, ppo, ppo_mini, rloo, sft"]),
         (["trainer.stepz=3"], ["Could not override 'trainer.stepz': Key 'stepz' not in 'TrainerConfig'"]),
         (["+trainer.stepz=3"], ["unknown config key(s): trainer.stepz"]),
         (["trainer.steps=many"], ["trainer.steps=many", "'many' of type 'str' could not be converted to Integer"]),

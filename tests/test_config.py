@@ -124,3 +124,24 @@ def test_runs_are_named_by_their_arm_and_sft_runs_by_their_data():
     for overrides, name in cases.items():
         assert run_group(compose(*overrides)) == name
         assert run_dir(*overrides) == name
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["algorithm.loss_agg=foo"], "algorithm.loss_agg='foo' is not one of seq_mean_token_mean, token_mean"),
+        (["algorithm.advantage=foo"], "algorithm.advantage='foo' is not one of grpo, mean_only, rloo, batch_std"),
+        (["algorithm.ratio_level=foo"], "algorithm.ratio_level='foo' must be one of token, sequence"),
+        (["algorithm.advantage=no_such_module.fn"], "cannot import module 'no_such_module'"),
+        (["task._target_=rlreason.tasks.base.Example"], "is not a subclass of rlreason.tasks.Task"),
+        (["task._target_=rlreason.tasks.base.Task"], "does not implement"),
+        (["+task.no_such_field=1"], "task.no_such_field"),
+        (["algorithm=sft", "filter=dynamic"], "filter=dynamic (dynamic sampling) needs an RL algorithm"),
+        (["algorithm=sft", "algorithm.ratio_level=sequence"], "algorithm.ratio_level='sequence' needs an RL algorithm"),
+    ],
+)
+def test_bad_parts_fail_at_start_up_in_one_line(overrides, fragment):
+    cfg = compose(*overrides)
+    with pytest.raises(ConfigError) as error:
+        validate(cfg)
+    assert fragment in str(error.value) and "\n" not in str(error.value)
