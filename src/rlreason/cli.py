@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 
 from rlreason.config import validate
 from rlreason.errors import UserError, first_line
+from rlreason.provenance import collect_provenance
 
 log = logging.getLogger("rlreason")
 
@@ -93,6 +94,7 @@ def _record_failure(run_dir: Path, details: str, error: str) -> None:
         path = run_dir / "summary.json"
         summary = json.loads(path.read_text()) if path.exists() else {}
         summary.update(status="failed", error=error)
+        summary.setdefault("provenance", collect_provenance())  # a run that failed before the trainer wrote it
         path.write_text(json.dumps(summary, indent=2))
     except OSError:
         pass

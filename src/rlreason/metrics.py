@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlreason.config import arm_label
 from rlreason.errors import OutputError, first_line
+from rlreason.provenance import collect_provenance
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +63,22 @@ class MetricsWriter:
     checkpoint); metrics.jsonl always gets them at once.
     """
 
-    def __init__(self, run_dir: Path, cfg: DictConfig, wandb_run_id: str | None = None, hold_until_commit: bool = False):
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: DictConfig,
+        wandb_run_id: str | None = None,
+        hold_until_commit: bool = False,
+        provenance: dict[str, Any] | None = None,
+    ):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / METRICS_FILE
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", buffering=1)
         self.hold_until_commit = hold_until_commit
         self._held: list[tuple[int, dict[str, Any]]] = []
+        # Code commit, library versions, device (rlreason.provenance): in the W&B config beside the run's config.
+        self.provenance = provenance if provenance is not None else collect_provenance()
         self.wandb_run = self._start_wandb(cfg, wandb_run_id) if cfg.logger.wandb else None
 
     @property
@@ -91,7 +101,7 @@ class MetricsWriter:
                 entity=cfg.logger.entity,
                 group=run_group(cfg),
                 tags=run_tags(cfg),
-                config=OmegaConf.to_container(cfg, resolve=True),
+                config={**OmegaConf.to_container(cfg, resolve=True), "provenance": self.provenance},
                 dir=str(self.run_dir),
                 mode=mode,
                 id=run_id,
