@@ -47,6 +47,7 @@ from rlreason.errors import ConfigError, TrainingDiverged
 from rlreason.metrics import METRICS_FILE, MetricsWriter, NullWriter, read_metrics, truncate_metrics
 from rlreason.modeling import load_model, load_policy, load_reference, load_tokenizer
 from rlreason.progress import Progress
+from rlreason.provenance import run_provenance, save_run_config
 from rlreason.advantages import zero_std_groups
 from rlreason.rl import LossStats, gradient_filter, pass_at_k, policy_loss
 from rlreason.sampling import Completions, build_sampler
@@ -244,8 +245,10 @@ class Trainer:
         )
         if self.parallel.is_main:
             # W&B waits for checkpoints only when there are periodic ones to resume from.
-            self.writer = MetricsWriter(self.run_dir, cfg, wandb_run_id=wandb_id, hold_until_commit=cfg.checkpoint.every > 0)
-            OmegaConf.save(cfg, self.run_dir / "config.yaml", resolve=True)
+            self.provenance = run_provenance(self.run_dir)  # before config.yaml is rewritten: a resume reads the old one
+            self.writer = MetricsWriter(self.run_dir, cfg, wandb_run_id=wandb_id, hold_until_commit=cfg.checkpoint.every > 0,
+                                        provenance=self.provenance)
+            save_run_config(cfg, self.run_dir / "config.yaml", self.provenance)
         else:
             self.writer = NullWriter()
 
@@ -831,6 +834,8 @@ class Trainer:
         }
         for name in ("sampling", "scoring", "reference", "forward_backward", "optimizer"):
             out[f"train_time/{name}_s"] = self.phase_totals.get(name, 0.0)  # time/<phase>_s: per step
+        if getattr(self, "provenance", None) is not None:
+            out["provenance"] = self.provenance  # code commit, library versions, device
         if evals:
             first, last = evals[min(evals)], evals[max(evals)]
             for key, value in last.items():
