@@ -415,5 +415,15 @@ class MbppPlusTask(Task):
     def is_correct(self, completion: str, example: Example) -> bool:
         return self.grade([completion], [example])[0].correct
 
+    def alphabet(self) -> str:
+        """Printable ASCII: the embedded model's character tokenizer can read MBPP+ (it scores 0 there;
+        real runs use a hub model's tokenizer)."""
+        import string
+
+        return string.printable
+
+    def cache_key(self) -> dict[str, Any]:
+        return {"name": self.name, "seed": self.seed, "data": self.data_hash[:16]}
+
     def close(self) -> None:
         self.sandbox.close()
