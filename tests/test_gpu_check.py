@@ -36,7 +36,7 @@ def test_optional_checks_say_why_they_skip_and_the_table_has_one_row_per_check()
     assert "| a | x 1, y 2.5 | 1.0 |" in text and "| b | skipped: why | 0.0 |" in text
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_cpu_smoke_runs_every_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
     monkeypatch.setenv("RLREASON_CACHE", str(tmp_path / "cache"))
     gpu_check = load_gpu_check()

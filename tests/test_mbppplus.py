@@ -183,7 +183,7 @@ def test_default_split_is_264_114_and_seeded(tmp_path):
     assert len(ids[:264]) == 264 and len(ids[264:]) == 114
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_all_canonical_solutions_score_1(tmp_path):
     """All 378 through the grader (about two minutes on 2 cores: one to compute the expected outputs, one to grade): every one but the few too slow for
     the default limits scores 1."""

@@ -67,8 +67,8 @@ def sweep_params(experiment: str) -> dict[str, list[str]]:
 
 # ---------------------------------------------------------------- experiment files
 def test_every_arm_is_the_papers_method_of_its_name():
-    assert ARMS == sorted(PAPER_NAME_OF_ARM)
-    for arm in ARMS:
+    assert set(PAPER_NAME_OF_ARM) <= set(ARMS)  # the other arms (dapo, gspo, ...) are methods the paper did not run
+    for arm in PAPER_NAME_OF_ARM:
         cfg = compose(f"arm={arm}")
         run = {"algorithm": cfg.algorithm.name, "kl": cfg.kl.name, "filter": cfg.filter.name,
                "sft_source": None if cfg.algorithm.rl else cfg.sft.source}
