@@ -43,4 +43,4 @@ def resolve(value: str, builtins: dict[str, str], field: str) -> Any:
 def check_choice(value: Any, builtins: Any, field: str) -> None:
     """Start-up check of a part's value without importing a built-in (an import path is imported)."""
     if str(value) not in builtins:
-        resolve(value, {}, field) if "." in str(value) else resolve(value, dict.fromkeys(builtins, ""), field)
+        resolve(value, dict.fromkeys(builtins, ""), field)

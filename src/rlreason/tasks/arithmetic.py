@@ -55,9 +55,6 @@ class ArithmeticConfig(TaskConfig):
     teacher_carry_noise: float = 0.6  # probability that the teacher forgets a carry
 
 
-SFT_SOURCES = ("reference", "teacher")
-
-
 class ArithmeticTask(Task):
     """Addition of two ``digits``-digit numbers; the test split is disjoint from training."""
 
@@ -66,7 +63,9 @@ class ArithmeticTask(Task):
 
     @classmethod
     def from_config(cls, cfg: Any, context: TaskContext) -> "ArithmeticTask":
-        if context.sft_source not in SFT_SOURCES:
+        from rlreason.tasks import SFT_SOURCES_OF_DATA
+
+        if context.sft_source not in SFT_SOURCES_OF_DATA:
             raise ConfigError(f"sft.source={context.sft_source!r}: task=arithmetic has its own teacher; use reference or teacher")
         return cls(digits=cfg.digits, seed=cfg.seed, n_test_problems=cfg.n_test_problems,
                    teacher_carry_noise=cfg.teacher_carry_noise)
