@@ -189,7 +189,7 @@ def _run_row(name: str, config: dict[str, Any], summary: dict[str, Any], order: 
     row: dict[str, Any] = {"run": name, "order": order}
     for column, dotted in AXES.items():
         row[column] = _get(config, dotted)
-    if _get(config, "algorithm.rl") is not False:
+    if _get(config, "algorithm.rl") is not False and _get(config, "algorithm.schedule") != "sft":  # (rl: runs before schedules)
         row["sft_source"] = None
     row["seed"] = _get(config, "seed")
     row["status"] = summary.get("status", "incomplete")

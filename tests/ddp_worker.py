@@ -63,7 +63,7 @@ def record_gradients(trainer: Trainer) -> list[list[float]]:
     params = list(trainer.policy.parameters())
     size = sum(p.numel() for p in params)
     directions = torch.randn(3, size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    step = trainer.optimizer_step
+    step = trainer.learner.optimizer_step
 
     def optimizer_step(timer, totals):
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
@@ -71,7 +71,7 @@ def record_gradients(trainer: Trainer) -> list[list[float]]:
         records.append([float(flat.norm()), *(directions @ flat).tolist()])
         step(timer, totals)
 
-    trainer.optimizer_step = optimizer_step
+    trainer.learner.optimizer_step = optimizer_step
     return records
 
 
@@ -91,10 +91,10 @@ def main(out: Path, spec: list[list[str]]) -> None:
     for i, overrides in enumerate(spec):
         cfg = compose(*overrides)
         trainer = Trainer(cfg, out / str(i))
-        trainer.sampler = PromptSeededSampler(trainer.sampler, trainer)
+        trainer.rollouts.sampler = trainer.evaluator.sampler = PromptSeededSampler(trainer.sampler, trainer)
         trainer.task.score = text_reward
         gradients = record_gradients(trainer)
-        empty = count_calls(trainer, "_empty_backward")
+        empty = count_calls(trainer.learner, "empty_backward")
         trainer.fit()
         (out / f"{i}.rank{trainer.parallel.rank}.json").write_text(json.dumps({"empty_backwards": empty[0]}))
         if trainer.parallel.is_main:

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from conftest import ROOT, compose
 from rlreason import metrics as metrics_module
-from rlreason import trainer as trainer_module
+from rlreason import learner as learner_module
 from rlreason.checkpoint import DONE_MARK, latest_checkpoint, list_checkpoints, load_trainer_state
 from rlreason.cli import run, run_and_report
 from rlreason.metrics import read_metrics
@@ -137,7 +137,7 @@ def test_bad_data_file_is_one_line_naming_file_and_line(content: str | None, fra
 def test_nonfinite_losses_are_skipped_then_stop_the_run_keeping_the_last_good_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    real_loss, real_step = trainer_module.policy_loss, Trainer.train_step
+    real_loss, real_step = learner_module.policy_loss, Trainer.train_step
 
     def nan_loss(*args, **kwargs):
         loss, stats = real_loss(*args, **kwargs)
@@ -145,7 +145,7 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run_keeping_the_last_good_ch
 
     def train_step(self: Trainer) -> dict[str, float]:
         if self.step == 2:  # from step 3 on, every loss is NaN
-            monkeypatch.setattr(trainer_module, "policy_loss", nan_loss)
+            monkeypatch.setattr(learner_module, "policy_loss", nan_loss)
         return real_step(self)
 
     monkeypatch.setattr(Trainer, "train_step", train_step)

@@ -24,7 +24,7 @@ def test_every_ablation_combination_composes_and_validates():
     for algorithm, kl, filt in itertools.product(GROUPS["algorithm"], GROUPS["kl"], GROUPS["filter"]):
         for debug in ("false", "true"):
             cfg = compose(f"algorithm={algorithm}", f"kl={kl}", f"filter={filt}", f"debug={debug}")
-            if filt == "dynamic" and not (cfg.algorithm.rl and cfg.algorithm.preemptive_sampling):
+            if filt == "dynamic" and cfg.algorithm.schedule not in ("preemptive", "ppo"):
                 with pytest.raises(ConfigError, match="dynamic"):  # SFT samples nothing; GRPO updates as it samples
                     validate(cfg)
                 continue
@@ -44,7 +44,7 @@ def test_every_option_of_the_swappable_groups_composes(group):
 def test_default_is_the_papers_recommendation():
     cfg = compose()
     assert (cfg.algorithm.name, cfg.kl.name, cfg.filter.name) == ("dash", "off", "on")
-    assert cfg.kl.beta == 0.0 and cfg.filter.enabled and cfg.algorithm.preemptive_sampling
+    assert cfg.kl.beta == 0.0 and cfg.filter.enabled and cfg.algorithm.schedule == "preemptive"
 
 
 def test_debug_shrinks_but_explicit_overrides_win():
@@ -85,7 +85,10 @@ def test_unknown_key_and_wrong_type_fail_at_composition():
         (["trainer.micro_batch_size=1000"], "larger than the batch"),
         (["optim.lr=-1e-4"], "optim.lr=-0.0001 must be > 0"),
         (["algorithm=grpo", "trainer.group_size=3", "trainer.micro_batch_size=8"], "multiple of trainer.group_size"),
-        (["algorithm=grpo", "algorithm.ppo_epochs=2"], "preemptive_sampling"),
+        (["algorithm=grpo", "algorithm.ppo_epochs=2"], "algorithm.ppo_epochs=2 needs algorithm.schedule=ppo, not interleaved"),
+        (["algorithm=dash", "algorithm.mini_batch_size=8"], "algorithm.mini_batch_size=8 needs algorithm.schedule=ppo"),
+        (["algorithm.schedule=preemptiv"], "algorithm.schedule='preemptiv' is not one of sft, interleaved, preemptive, ppo"),
+        (["algorithm.schedule=collections.OrderedDict"], "is not a subclass of rlreason.schedules.Schedule"),
         (["optim.schedule=exponential"], "optim.schedule"),
         (["algorithm.mini_batch_size=0"], "algorithm.mini_batch_size"),
     ],
@@ -136,8 +139,9 @@ def test_runs_are_named_by_their_arm_and_sft_runs_by_their_data():
         (["task._target_=rlreason.tasks.base.Example"], "is not a subclass of rlreason.tasks.Task"),
         (["task._target_=rlreason.tasks.base.Task"], "does not implement"),
         (["+task.no_such_field=1"], "task.no_such_field"),
-        (["algorithm=sft", "filter=dynamic"], "filter=dynamic (dynamic sampling) needs an RL algorithm"),
-        (["algorithm=sft", "algorithm.ratio_level=sequence"], "algorithm.ratio_level='sequence' needs an RL algorithm"),
+        (["algorithm=sft", "filter=dynamic"], "filter=dynamic (dynamic sampling) needs an RL schedule, not algorithm.schedule=sft"),
+        (["algorithm=grpo", "filter=dynamic"], "filter=dynamic (dynamic sampling) needs algorithm.schedule=preemptive or ppo"),
+        (["algorithm=sft", "algorithm.ratio_level=sequence"], "algorithm.ratio_level='sequence' needs an RL schedule"),
     ],
 )
 def test_bad_parts_fail_at_start_up_in_one_line(overrides, fragment):
@@ -145,3 +149,14 @@ def test_bad_parts_fail_at_start_up_in_one_line(overrides, fragment):
     with pytest.raises(ConfigError) as error:
         validate(cfg)
     assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("arm", sorted(p.stem for p in (CONF / "arm").glob("*.yaml")))
+def test_every_named_arm_composes_validates_and_sets_its_algorithm(arm):
+    """An arm file sets several axes at once; it must compose at the global level (a missing
+    `# @package _global_` makes its overrides fail) and name the algorithm it overrides."""
+    text = (CONF / "arm" / f"{arm}.yaml").read_text()
+    assert text.startswith("# @package _global_"), arm
+    cfg = compose(f"arm={arm}")
+    validate(cfg)
+    assert f"override /algorithm: {cfg.algorithm.name}" in text

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import compose
-from rlreason.trainer import PhaseTimer, StepTotals, Trainer
+from rlreason.learner import PhaseTimer, StepTotals
+from rlreason.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +24,9 @@ def _gradient(trainer: Trainer, rollout, micro_batch_size: int, filter_enabled: 
 
     rollout.keep = gradient_filter(rollout.advantages, filter_enabled, threshold)
     rows = rollout.rows()
-    trainer.attach_logprobs(rows, PhaseTimer(), need_old=False)
+    trainer.learner.attach_logprobs(rows, PhaseTimer(), need_old=False)
     trainer.policy.zero_grad(set_to_none=True)
-    trainer.accumulate_gradients(rows, len(rollout.rewards), PhaseTimer(), StepTotals())
+    trainer.learner.accumulate_gradients(rows, len(rollout.rewards), PhaseTimer(), StepTotals())
     grads = [p.grad.flatten() for p in trainer.policy.parameters() if p.grad is not None]
     return torch.cat(grads) if grads else torch.zeros(0)
 
@@ -33,7 +34,7 @@ def _gradient(trainer: Trainer, rollout, micro_batch_size: int, filter_enabled: 
 def _rollout(trainer: Trainer):
     torch.manual_seed(1)
     examples = trainer.task.train_batch(0, trainer.cfg.trainer.prompts_per_step)
-    rollout = trainer.sample_and_score(examples, PhaseTimer(), None)
+    rollout = trainer.rollouts.sample_and_score(examples, PhaseTimer(), None)
     # A varied reward pattern, so advantages are non-trivial whatever the tiny model's accuracy.
     rollout.rewards = torch.tensor([float(i % 3 == 0) for i in range(len(rollout.rewards))])
     g = trainer.cfg.trainer.group_size

@@ -71,7 +71,7 @@ def test_every_arm_is_the_papers_method_of_its_name():
     for arm in PAPER_NAME_OF_ARM:
         cfg = compose(f"arm={arm}")
         run = {"algorithm": cfg.algorithm.name, "kl": cfg.kl.name, "filter": cfg.filter.name,
-               "sft_source": None if cfg.algorithm.rl else cfg.sft.source}
+               "sft_source": None if cfg.algorithm.schedule != "sft" else cfg.sft.source}
         assert ra.paper_method(run) == PAPER_NAME_OF_ARM[arm], arm
 
 
@@ -321,7 +321,7 @@ def test_wandb_loader_reads_the_same_runs_as_the_sweep_folder(sweeps, monkeypatc
 # ---------------------------------------------------------------- tables on hand-made runs
 def _fake_run(folder: Path, kl: str, seed: int, status: str, acc: float, base: float, model: str = "qwen2.5-0.5b") -> None:
     (folder / ".hydra").mkdir(parents=True)
-    config = {"algorithm": {"name": "dash", "rl": True, "generation_batch_size": None}, "kl": {"name": kl},
+    config = {"algorithm": {"name": "dash", "schedule": "preemptive", "generation_batch_size": None}, "kl": {"name": kl},
               "filter": {"name": "on"}, "sft": {"source": "teacher"}, "trainer": {"max_train_seconds": None},
               "task": {"name": "math"}, "model": {"name": model}, "seed": seed}
     (folder / "config.yaml").write_text(yaml.safe_dump(config))

@@ -47,8 +47,7 @@ if not OmegaConf.has_resolver("arm_label"):
 @dataclass
 class AlgorithmConfig:
     name: str = MISSING
-    rl: bool = True
-    preemptive_sampling: bool = True
+    schedule: str = "preemptive"
     generation_batch_size: Optional[int] = None
     ppo_epochs: int = 1
     mini_batch_size: Optional[int] = None
@@ -349,37 +348,20 @@ def validate(cfg: DictConfig, world_size: int = 1) -> None:
     need(a.rollout_correction_cap > 0, f"algorithm.rollout_correction_cap={a.rollout_correction_cap} must be > 0")
     need(a.overlong_buffer >= 0, f"algorithm.overlong_buffer={a.overlong_buffer} must be >= 0")
     need(cfg.filter.max_resample_rounds >= 0, f"filter.max_resample_rounds={cfg.filter.max_resample_rounds} must be >= 0")
-    if not a.rl:
-        need(not cfg.filter.dynamic, f"filter={cfg.filter.name} (dynamic sampling) needs an RL algorithm, not {a.name}: SFT samples nothing")
-        need(a.ratio_level == "token", f"algorithm.ratio_level={a.ratio_level!r} needs an RL algorithm, not {a.name}: SFT has no importance ratio")
+    from rlreason.schedules import schedule_class  # torch and the learner: not needed to compose a config
+
+    schedule = schedule_class(a.schedule)
+    schedule.check(cfg)  # what the schedule itself reads (rlreason.schedules): one place per schedule
+    if not schedule.rl:
         return
     need(not (cfg.filter.dynamic and cfg.filter.enabled),
          "filter.dynamic and filter.enabled are two selectors: choose filter=dynamic or filter=on")
-    need(not (cfg.filter.dynamic and not a.preemptive_sampling),
-         "filter=dynamic needs algorithm.preemptive_sampling=true (it refills the step's groups before any update)")
     need(
         t.group_size >= 2,
         f"trainer.group_size={t.group_size}: {a.name} needs at least 2 samples per prompt "
         "(the advantage is the reward minus its group mean)",
     )
-    need(a.ppo_epochs >= 1, f"algorithm.ppo_epochs={a.ppo_epochs} must be >= 1")
     need(0 <= a.clip_eps_low < 1, f"algorithm.clip_eps_low={a.clip_eps_low} must be in [0, 1)")
     need(a.clip_eps_high >= 0, f"algorithm.clip_eps_high={a.clip_eps_high} must be >= 0")
     if a.generation_batch_size is not None:
         need(a.generation_batch_size >= 1, f"algorithm.generation_batch_size={a.generation_batch_size} must be >= 1")
-    if a.mini_batch_size is not None:
-        need(
-            1 <= a.mini_batch_size <= rows,
-            f"algorithm.mini_batch_size={a.mini_batch_size} must be between 1 and the batch ({rows} rows)",
-        )
-    if not a.preemptive_sampling:
-        need(
-            t.micro_batch_size % t.group_size == 0,
-            f"trainer.micro_batch_size={t.micro_batch_size} must be a multiple of trainer.group_size="
-            f"{t.group_size} when sampling per micro-batch (advantages need whole groups)",
-        )
-        need(
-            a.ppo_epochs == 1 and a.mini_batch_size is None,
-            "algorithm.ppo_epochs and algorithm.mini_batch_size need algorithm.preemptive_sampling=true "
-            "(several updates reuse one sampled batch)",
-        )

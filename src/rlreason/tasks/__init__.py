@@ -36,6 +36,8 @@ def typed_task_config(task_cfg: Any, field: str = "task") -> DictConfig:
     type is one line naming ``field.key``; defaults of fields the YAML leaves out are filled in."""
     cls = task_class(task_cfg, field)
     try:
+        if isinstance(task_cfg, DictConfig):  # resolved against the run's root first: ${debug:A,B} reads its debug
+            task_cfg = OmegaConf.to_container(task_cfg, resolve=True)
         schema = OmegaConf.structured(cls.Config)
         return OmegaConf.merge(schema, task_cfg)
     except OmegaConfBaseException as error:
