@@ -141,12 +141,16 @@ FINAL_SAMPLES = 4
 
 
 def held_out_accuracy(sampler, task, cfg, greedy: bool, n: int = 1) -> float:
-    """Held-out accuracy as Trainer.evaluate computes it: greedy, or sampled pass@1 (the mean
-    over ``n`` samples per problem at the training temperature)."""
+    """Held-out accuracy through the trainer's own evaluator (rlreason.evaluation): greedy, or sampled
+    pass@1 (the mean over ``n`` samples per problem at the training temperature)."""
+    from omegaconf import OmegaConf
+
+    from rlreason.evaluation import evaluate_task
+
     test = task.test_examples()[: cfg.task.n_test or None]
-    done = sampler.generate([e.prompt for e in test], n=1 if greedy else n, greedy=greedy, batch_size=cfg.eval.batch_size)
-    per = 1 if greedy else n
-    return sum(task.score(text, test[i // per]) for i, text in enumerate(done.texts)) / len(done.texts)
+    mode = OmegaConf.merge(cfg.eval, {"greedy": greedy, "sampled": not greedy, "samples_per_problem": n, "pass_k": []})
+    metrics, _ = evaluate_task(sampler, task, test, mode)
+    return metrics["eval/greedy_acc" if greedy else "eval/sampled_acc"]
 
 
 # ---------------------------------------------------------------------------- part 1: our arms
