@@ -34,12 +34,21 @@ FAST = ["debug=true", "threads=1", "logger=none", "logger.progress=false", "trai
         "task.n_test=8", "eval.every=0", "checkpoint.save_final=false"]
 # Micro-batches of 4 rows, and filtering on: processes keep different numbers of rows, so some
 # run empty micro-batches to join the gradient exchange. Covers one generation call per step (dash),
-# per-chunk sampling (grpo), several updates per step on shuffled mini-batches (ppo_mini), and SFT.
+# per-chunk sampling (grpo), several updates per step on shuffled mini-batches (ppo_mini), SFT, and every
+# loss aggregation that is meant not to depend on the split.
 RUNS = [
     ["algorithm=dash", "kl=on", "filter=on", "trainer.micro_batch_size=4"],
     ["algorithm=grpo", "kl=off", "filter=on", "trainer.micro_batch_size=4", "eval.at_start=false", "eval.sampled=false"],
     ["algorithm=ppo_mini", "kl=off", "filter=on", "trainer.micro_batch_size=4", "eval.at_start=false", "eval.sampled=false"],
     ["algorithm=sft", "eval.at_start=false", "eval.sampled=false"],
+    # The other loss aggregations (tests/test_invariance.py has the 1-process half; paper is exempt):
+    # token_mean's denominator is the step's tokens over both processes, known late under grpo.
+    ["algorithm=grpo", "algorithm.loss_agg=token_mean", "kl=off", "filter=on", "trainer.micro_batch_size=4",
+     "eval.at_start=false", "eval.sampled=false", "eval.greedy=false"],
+    ["algorithm=dash", "algorithm.loss_agg=token_mean", "kl=off", "filter=on", "trainer.micro_batch_size=4",
+     "eval.at_start=false", "eval.sampled=false", "eval.greedy=false"],
+    ["algorithm=ppo_mini", "algorithm.loss_agg=seq_mean_token_sum_norm", "kl=off", "filter=on", "trainer.micro_batch_size=4",
+     "eval.at_start=false", "eval.sampled=false", "eval.greedy=false"],
 ]
 # Quantities that must be equal exactly (computed from the same rollouts, gathered in the same order).
 EXACT = ("reward/", "completions/", "filter/", "eval/greedy", "eval/sampled", "train/accuracy", "train/lr",

@@ -30,7 +30,6 @@ sys.path.insert(0, str(PLUGINS))  # and here: the tests build the user's task to
 import my_parts  # noqa: E402
 
 # The user's task YAML, in their own config directory (task/reverse.yaml); every field commented.
-# (n_test_problems is a plain number: a ${debug:A,B} there does not reach the task yet, see the xfail below.)
 REVERSE_YAML = """\
 # Reverse a short string (tests/plugins/my_parts.py): one point per letter in its place, correct only if exact.
 # The Task class, an import path into the user's own module.
@@ -233,9 +232,6 @@ def test_a_class_missing_from_the_users_module_is_one_line(tmp_path):
     assert str(error.value) == "task._target_='my_parts.ReverseTsk': module 'my_parts' has no 'ReverseTsk'"
 
 
-@pytest.mark.xfail(strict=True, reason="build_task re-merges the task node with its Config schema as a new root, "
-                   "so ${debug:A,B} in a task YAML reads A (not B) under debug=true: the built task gets the "
-                   "full-size split (arithmetic: 256 test problems instead of 32 in every debug run)")
 def test_debug_values_in_a_task_yaml_reach_the_task(tmp_path):
     conf = config_dir(tmp_path / "conf", {"reverse": REVERSE_YAML.replace("n_test_problems: 24", "n_test_problems: ${debug:30,12}")})
     cfg = with_typed_tasks(compose_with(conf, "task=reverse", "debug=true"))
