@@ -35,7 +35,7 @@ RUN = (
     "eval.every=4", "task.n_test_problems=16", "threads=1", "logger.progress=false",
 )
 PROMPTS_PER_STEP = 4  # trainer.prompts_per_step under debug=true
-TIMING = ("time/", "throughput/", "eval/time_s")
+TIMING = ("time/", "throughput/", "eval/time_s", "memory/")  # measured, not computed: they differ run to run
 
 
 def comparable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

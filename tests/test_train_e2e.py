@@ -52,6 +52,13 @@ def test_every_algorithm_runs_and_logs_its_metrics(tmp_path, algorithm):
         assert row["time/reference_s"] > 0  # kl=on loads and runs the reference model
     updates = {"ppo": 3, "ppo_mini": 2}.get(algorithm, 1)  # debug: 16 rows, mini-batches of 8
     assert sum(r["train/optimizer_steps"] for r in train) == updates * len(train)
+    # The timed phases account for the step (what is left is batching metadata and metrics), never more.
+    phases = sum(r[f"time/{p}_s"] for r in train for p in ("sampling", "scoring", "reference", "forward_backward", "optimizer"))
+    steps = sum(r["time/step_s"] for r in train)
+    assert 0.8 * steps <= phases <= steps, (phases, steps)
+    # Peak memory per step (process RSS on a CPU), and the run's peak in the summary.
+    assert all(r["memory/peak_gb"] > 0.05 for r in train)
+    assert summary["memory/peak_gb"] == max(r["memory/peak_gb"] for r in train)
 
 
 def test_kl_off_never_loads_the_reference(tmp_path):

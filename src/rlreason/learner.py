@@ -26,6 +26,18 @@ from rlreason.rl import LossStats, policy_loss
 log = logging.getLogger(__name__)
 
 
+def peak_memory_gb(device: torch.device | None) -> float:
+    """Peak memory since the last call: the CUDA allocator's peak on a GPU (then reset, so each step
+    reports its own), else the process's peak resident set size (Linux: ru_maxrss in KiB)."""
+    if device is not None and torch.device(device).type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 1e9
+        torch.cuda.reset_peak_memory_stats(device)
+        return peak
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
 class PhaseTimer:
     """Wall-clock seconds per phase of a step (sampling, reference, forward_backward, ...).
 
@@ -144,7 +156,8 @@ class Learner:
             return
         ref, old = [], []
         for chunk in chunks(list(range(len(rows))), self.cfg.trainer.micro_batch_size):
-            batch = self._token_batch(rows, chunk)
+            with timer.phase("reference" if self.reference is not None else "forward_backward"):
+                batch = self._token_batch(rows, chunk)
             lengths = [len(rows.completion_ids[i]) for i in chunk]
             if self.reference is not None:
                 with timer.phase("reference"):
@@ -174,11 +187,13 @@ class Learner:
         micro = list(chunks(order, self.cfg.trainer.micro_batch_size))
         n_micro = self.parallel.micro_batches(len(micro), sync)
         for k, chunk in enumerate(micro):
-            batch = self._token_batch(rows, chunk)
-            width = batch.completion_ids.shape[1]
-            old = None if rows.old_logp is None else _pad_rows([rows.old_logp[i] for i in chunk], width).to(self.device)
-            ref = None if rows.ref_logp is None else _pad_rows([rows.ref_logp[i] for i in chunk], width).to(self.device)
-            sampled = None if rows.sampler_logp is None else _pad_rows([rows.sampler_logp[i] for i in chunk], width).to(self.device)
+            with timer.phase("forward_backward"):
+                batch = self._token_batch(rows, chunk)
+                width = batch.completion_ids.shape[1]
+                old = None if rows.old_logp is None else _pad_rows([rows.old_logp[i] for i in chunk], width).to(self.device)
+                ref = None if rows.ref_logp is None else _pad_rows([rows.ref_logp[i] for i in chunk], width).to(self.device)
+                sampled = (None if rows.sampler_logp is None
+                           else _pad_rows([rows.sampler_logp[i] for i in chunk], width).to(self.device))
             with timer.phase("forward_backward"), self.parallel.backward_context(self.train_model, sync and k == n_micro - 1):
                 logp, entropy = token_logprobs(self.train_model, batch, with_entropy=True)
                 weights = None

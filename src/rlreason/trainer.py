@@ -29,7 +29,7 @@ from rlreason.config import ADVANTAGES, LOSS_AGGS, resolve_model_path, validate,
 from rlreason.distributed import Parallel, get_parallel
 from rlreason.errors import ConfigError, TrainingDiverged
 from rlreason.evaluation import Evaluator
-from rlreason.learner import Learner, PhaseTimer, StepTotals
+from rlreason.learner import Learner, PhaseTimer, StepTotals, peak_memory_gb
 from rlreason.metrics import MetricsWriter, NullWriter
 from rlreason.modeling import load_policy, load_reference, load_tokenizer
 from rlreason.progress import Progress
@@ -88,6 +88,7 @@ class Trainer:
         self.step = 0
         self.data_position = 0
         self.train_seconds = 0.0
+        self.peak_memory_gb = 0.0  # the largest memory/peak_gb of the steps this process ran
         self.phase_totals: dict[str, float] = defaultdict(float)
         self.evals: dict[int, dict[str, float]] = {}
         if self.parallel.device is not None:  # a GPU (this process's one under accelerate launch)
@@ -212,6 +213,8 @@ class Trainer:
             metrics["rollout/logp_gap_max"] = totals.logp_gap_max
         for name in PHASES:
             metrics[f"time/{name}_s"] = timer.seconds.get(name, 0.0)
+        metrics["memory/peak_gb"] = peak_memory_gb(self.device)
+        self.peak_memory_gb = max(self.peak_memory_gb, metrics["memory/peak_gb"])
         return metrics
 
     def stop_if_diverged(self) -> None:
@@ -263,6 +266,7 @@ class Trainer:
         }
         for name in PHASES:
             out[f"train_time/{name}_s"] = self.phase_totals.get(name, 0.0)  # time/<phase>_s: per step
+        out["memory/peak_gb"] = self.peak_memory_gb
         if getattr(self, "provenance", None) is not None:
             out["provenance"] = self.provenance  # code commit, library versions, device
         if evals:
