@@ -598,6 +598,8 @@ def save_figure(figure: Any, report_dir: Path | str, name: str) -> Path:
 # evaluation task (accuracy_columns: greedy and sampled) are added in front, higher is better.
 COMPARISON_METRICS: dict[str, str | None] = {
     "train_time_s": "lower",
+    # Steps reached: what an arm pays in a time budget (ppo_equal_time, filter_vs_dynamic).
+    "steps": None,
     "final/greedy_mean_length": None,
     "final/sampled_mean_length": None,
     "train/final_mean_length": None,
@@ -692,8 +694,9 @@ class PoolingWarning(UserWarning):
 def provenance_warnings(sweep: Sweep) -> list[str]:
     """One line per provenance field (POOLING_FIELDS: commit, dirty, library versions, python,
     cpu, gpu) in which the sweep's completed runs differ, naming the values and how many runs have
-    each; one for runs resumed under other code than they started with; one for runs that record
-    no provenance (made before it was recorded) beside runs that do."""
+    each; one for runs resumed under other code than they started with; one for runs made from a
+    dirty tree (their commit alone does not say what code ran); one for runs that record no
+    provenance (made before it was recorded) beside runs that do."""
     done = sweep.completed
     lines = []
     columns = [f"provenance/{f}" for f in POOLING_FIELDS]
@@ -711,6 +714,11 @@ def provenance_warnings(sweep: Sweep) -> list[str]:
             counts = values.value_counts(sort=False)
             shown = ", ".join(f"{(v[:12] if field == 'commit' else v)} ({n} runs)" for v, n in counts.items())
             lines.append(f"{sweep.name}: pooled runs differ in {field}: {shown}")
+    if "provenance/dirty" in done:
+        dirty = int(done.loc[recorded, "provenance/dirty"].map(lambda v: str(v) == "True").sum())  # not "unknown"
+        if dirty:
+            lines.append(f"{sweep.name}: {dirty} of {len(done)} runs were made from a dirty tree (uncommitted changes): "
+                         "their commit alone does not say what code ran")
     if "provenance/resumed_from" in done:
         resumed = done[done["provenance/resumed_from"].notna()]
         for _, run in resumed.iterrows():

@@ -157,7 +157,7 @@ def test_comparison_table_pairs_each_arm_with_the_experiments_reference_arm(tmp_
     assert rows.loc[("dr_grpo", "train_time_s"), "verdict"] == "worse"  # 2 s slower on every seed: lower is better
     assert rows.loc[("dr_grpo", "final/sampled_mean_length"), "verdict"] == "inconclusive"
     assert (rows.loc["dash_no_kl", "verdict"] == "inconclusive").all()  # the reference's own numbers
-    assert set(rows.loc["dash_no_kl"].index) == {"final/greedy_acc", "final/sampled_acc", "train_time_s",
+    assert set(rows.loc["dash_no_kl"].index) == {"final/greedy_acc", "final/sampled_acc", "train_time_s", "steps",
                                                  "final/sampled_mean_length", "train/final_mean_length"}
     markdown = ra.format_table(table).to_markdown(index=False)
     assert "0.120 ± 0.050" in markdown
@@ -214,6 +214,7 @@ def test_pooling_runs_of_different_commits_or_libraries_warns(tmp_path):
     assert [str(w.message) for w in caught] == lines
     assert any("differ in commit" in l and "aaaaaaaaaaaa (3 runs)" in l and "bbbbbbbbbbbb (1 runs)" in l for l in lines)
     assert any("differ in dirty" in l for l in lines) and any("differ in torch: 2.13.0+cpu (3 runs), 2.8.0 (1 runs)" in l for l in lines)
+    assert "kl_on_off: 1 of 4 runs were made from a dirty tree (uncommitted changes): their commit alone does not say what code ran" in lines
     assert not any("transformers" in l for l in lines)
 
 
