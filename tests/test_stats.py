@@ -45,7 +45,7 @@ def write_sweep(folder: Path, experiment: str | None, runs: list[dict]) -> Path:
         (job / ".hydra").mkdir(parents=True)
         (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(
             {"hydra": {"job": {"num": num}, "runtime": {"choices": {"experiment": experiment, "arm": arm}}}}))
-        config = {"algorithm": {"name": algorithm, "rl": True, "generation_batch_size": None,
+        config = {"algorithm": {"name": algorithm, "schedule": "preemptive", "generation_batch_size": None,
                                 "loss_agg": "seq_mean_token_sum_norm" if algorithm == "dr_grpo" else "seq_mean_token_mean",
                                 "advantage": "mean_only" if algorithm == "dr_grpo" else "grpo"},
                   "kl": {"name": kl}, "filter": {"name": filt}, "sft": {"source": "teacher"},
