@@ -696,7 +696,9 @@ def provenance_warnings(sweep: Sweep) -> list[str]:
     cpu, gpu) in which the sweep's completed runs differ, naming the values and how many runs have
     each; one for runs resumed under other code than they started with; one for runs made from a
     dirty tree (their commit alone does not say what code ran); one for runs that record no
-    provenance (made before it was recorded) beside runs that do."""
+    provenance (made before it was recorded) beside runs that do; and one per seed whose runs'
+    base-model evaluations (base/greedy_acc, greedy decoding at step 0) differ, since pairing by seed
+    assumes the same base model and prompts."""
     done = sweep.completed
     lines = []
     columns = [f"provenance/{f}" for f in POOLING_FIELDS]
@@ -719,6 +721,13 @@ def provenance_warnings(sweep: Sweep) -> list[str]:
         if dirty:
             lines.append(f"{sweep.name}: {dirty} of {len(done)} runs were made from a dirty tree (uncommitted changes): "
                          "their commit alone does not say what code ran")
+    if "base/greedy_acc" in done:
+        for seed, base in pd.to_numeric(done["base/greedy_acc"], errors="coerce").groupby(done["seed"], sort=True):
+            base = base.dropna()
+            if len(base) > 1 and base.max() - base.min() > 1e-9:
+                lines.append(f"{sweep.name}: seed {_fmt(seed)}: the runs' base-model greedy accuracy differs "
+                             f"({', '.join(f'{v:.4g}' for v in sorted(base.unique()))}): their pairs may not share a base "
+                             "model or prompts")
     if "provenance/resumed_from" in done:
         resumed = done[done["provenance/resumed_from"].notna()]
         for _, run in resumed.iterrows():

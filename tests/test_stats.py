@@ -218,6 +218,14 @@ def test_pooling_runs_of_different_commits_or_libraries_warns(tmp_path):
     assert not any("transformers" in l for l in lines)
 
 
+def test_paired_runs_whose_base_model_evaluations_differ_are_named(tmp_path):
+    runs = [{"arm": arm, "seed": s, "numbers": numbers(0.5, 0.4, 10.0, base=0.2)} for s in range(2) for arm in ("dash_plain", "dash")]
+    runs[3]["numbers"]["base/greedy_acc"] = 0.25  # dash, seed 1: another base model or other prompts
+    lines = ra.provenance_warnings(ra.load_sweep(write_sweep(tmp_path, "x", runs)))
+    assert lines == ["x: seed 1: the runs' base-model greedy accuracy differs (0.2, 0.25): their pairs may not share a base "
+                     "model or prompts"]
+
+
 def test_a_run_resumed_under_other_code_is_named(tmp_path):
     runs = [{"arm": "dash_plain", "seed": 0, "numbers": numbers(0.5, 0.4, 10.0),
              "provenance": {"resumed_from": {**PROVENANCE, "commit": "c" * 40}}}]
