@@ -7,9 +7,14 @@ becomes one row of ``Sweep.runs``: the ablation axes read from the run's saved `
 (run, kind, step, metric) with the training time reached at that step. ``load_wandb_project``
 builds the same two tables from a W&B project, for runs logged online.
 
-Arms are the axes that differ between the sweep's runs (the seed aside); tables give the mean and
-the standard deviation over seeds of each arm. Imported by the notebooks in this folder, which run
-with this folder or the repository root as working directory.
+Arms are the axes that differ between the sweep's runs (the seed aside); tables give the mean, the
+standard deviation and the 95% Student-t confidence interval over seeds of each arm, and
+``comparison_table`` each arm against a reference arm as a paired difference over seeds (same
+seed: same base model, prompts and sampling stream) with its interval and a verdict that says
+"inconclusive" whenever the interval includes 0. ``runs_summary`` is the compact per-run table
+(``runs.csv``) every table can be rebuilt from (``load_runs_csv``), and ``provenance_warnings``
+says when a sweep pools runs made by different code or libraries. Imported by the notebooks in
+this folder, which run with this folder or the repository root as working directory.
 """
 
 from __future__ import annotations
@@ -17,13 +22,17 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
+from scipy import stats as scipy_stats
+
+from rlreason.provenance import POOLING_FIELDS
 
 HERE = Path(__file__).resolve().parent
 PAPER_RESULTS = HERE / "paper_results.csv"
@@ -38,7 +47,17 @@ AXES = {
     "max_train_seconds": "trainer.max_train_seconds",
     "task": "task.name",
     "model": "model.name",
+    # The parts of the update rule (issue 10). A named algorithm sets them (dr_grpo: mean_only,
+    # seq_mean_token_sum_norm); they label an arm only where they vary among runs of one algorithm
+    # (an override such as algorithm.loss_agg=token_mean on dash), see arm_axes.
+    "loss_agg": "algorithm.loss_agg",
+    "advantage": "algorithm.advantage",
+    "ratio_level": "algorithm.ratio_level",
+    "truncated": "algorithm.truncated",
+    "rollout_correction": "algorithm.rollout_correction",
 }
+# The axes above that are parts of the algorithm: implied by its name unless they vary within it.
+ALGORITHM_PARTS = ("loss_agg", "advantage", "ratio_level", "truncated", "rollout_correction")
 # Training-time phases of summary.json (time/<phase>_s), in the order the stacked bars draw them.
 PHASES = ("sampling", "scoring", "reference", "forward_backward", "optimizer")
 # The paper's method name for a point of the ablation space (algorithm, kl, filter): how its tables
@@ -111,11 +130,14 @@ def load_sweep(path: Path | str) -> Sweep:
         name = str(run_dir.relative_to(path))
         config = _load_config(run_dir)
         summary = _read_json(run_dir / "summary.json") or {"status": "incomplete"}
-        rows.append(_run_row(name, config, summary, order=_job_number(run_dir)))
+        row = _run_row(name, config, summary, order=_job_number(run_dir))
+        row["arm_file"] = _hydra_choice(run_dir, "arm")
+        rows.append(row)
         metrics_path = run_dir / "metrics.jsonl"
         if metrics_path.exists():
             curves.extend(_curve_rows(name, _read_jsonl(metrics_path)))
-    return Sweep(name=_sweep_name(path), path=str(path), runs=_runs_frame(rows), curves=_curves_frame(curves))
+    curves_frame = _curves_frame(curves)
+    return Sweep(name=_sweep_name(path), path=str(path), runs=_runs_frame(rows, curves_frame), curves=curves_frame)
 
 
 def _run_dirs(path: Path) -> list[Path]:
@@ -131,6 +153,16 @@ def _job_number(run_dir: Path) -> float:
         if num is not None:
             return float(num)
     return math.inf
+
+
+def _hydra_choice(run_dir: Path, group: str) -> str | None:
+    """The option Hydra chose for a config group in this job (``arm`` -> "dash_plain"), None if the
+    job chose none (or has no .hydra/hydra.yaml): names the conf/arm file a run came from."""
+    hydra = run_dir / ".hydra" / "hydra.yaml"
+    if not hydra.exists():
+        return None
+    choice = (yaml.safe_load(hydra.read_text()) or {}).get("hydra", {}).get("runtime", {}).get("choices", {}).get(group)
+    return None if choice is None else str(choice)
 
 
 def _sweep_name(path: Path) -> str:
@@ -195,16 +227,57 @@ def _run_row(name: str, config: dict[str, Any], summary: dict[str, Any], order: 
     row["status"] = summary.get("status", "incomplete")
     row["error"] = summary.get("error")
     for key, value in summary.items():
-        if key not in row and key not in ("algorithm", "kl", "filter", "task", "model", "seed"):
+        if key not in row and key not in ("algorithm", "kl", "filter", "task", "model", "seed", "provenance"):
             row[key] = value
+    row.update(_provenance_columns(summary.get("provenance") or config.get("provenance")))
     return row
 
 
-def _runs_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+def _provenance_columns(provenance: Any) -> dict[str, Any]:
+    """The run's provenance (summary.json's, else config.yaml's) as ``provenance/<field>`` columns
+    (rlreason.provenance.POOLING_FIELDS: commit, dirty, library versions, python, cpu, gpu), plus
+    ``provenance/resumed_from``: the fields in which the code that resumed the run differs from the
+    code that started it (empty if none). A run made before provenance was recorded: all None."""
+    if not isinstance(provenance, dict):
+        return {f"provenance/{field}": None for field in (*POOLING_FIELDS, "resumed_from")}
+    out = {f"provenance/{field}": provenance.get(field) for field in POOLING_FIELDS}
+    first = provenance.get("resumed_from")
+    changed = [f for f in POOLING_FIELDS if isinstance(first, dict) and first.get(f) != provenance.get(f)]
+    out["provenance/resumed_from"] = ",".join(changed) or None
+    return out
+
+
+# Per-run numbers read from the curves (metrics.jsonl) and kept in the runs table, so the tables
+# that need them rebuild from runs.csv alone: column -> (metric, how it is reduced over steps).
+# The tail mean is over the last quarter of training steps; the steady mean over every step after
+# the first (which pays one-off warm-up costs).
+CURVE_NUMBERS = {
+    "train/final_mean_length": ("completions/mean_length", "tail"),
+    "throughput/sampling_tok_s": ("throughput/sampling_tok_s", "steady"),
+    "time/sampling_s": ("time/sampling_s", "steady"),
+}
+
+
+def _runs_frame(rows: list[dict[str, Any]], curves: pd.DataFrame | None = None) -> pd.DataFrame:
     runs = pd.DataFrame(rows)
     if runs.empty:
         return pd.DataFrame(columns=["run", *AXES, "seed", "status", "arm", "paper_method"])
     runs = runs.sort_values(["order", "run"], kind="stable").drop(columns="order").reset_index(drop=True)
+    if curves is not None and not curves.empty:
+        for column, (metric, how) in CURVE_NUMBERS.items():
+            reduce = _tail_mean if how == "tail" else _steady_mean
+            runs[column] = [reduce(curves, r, metric) for r in runs["run"]]
+    return _label_arms(_drop_empty(runs))
+
+
+def _drop_empty(runs: pd.DataFrame) -> pd.DataFrame:
+    """Without the columns no run has a value in (the run's identity and axes always stay): a
+    sweep has the same columns whether read from its folder or from a runs.csv of several."""
+    keep = {"run", "arm", "arm_file", "paper_method", *AXES, "seed", "status", "error"}
+    return runs[[c for c in runs.columns if c in keep or runs[c].notna().any()]]
+
+
+def _label_arms(runs: pd.DataFrame) -> pd.DataFrame:
     axes = arm_axes(runs)
     runs["arm"] = [arm_label(r, axes) for _, r in runs.iterrows()]
     runs["paper_method"] = [paper_method(r) for _, r in runs.iterrows()]
@@ -240,8 +313,22 @@ def _curves_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- arms
 def arm_axes(runs: pd.DataFrame) -> list[str]:
-    """The axes with more than one value among the runs (missing counts as a value)."""
-    return [a for a in AXES if a in runs and runs[a].astype("object").where(runs[a].notna(), "-").nunique() > 1]
+    """The axes with more than one value among the runs (missing counts as a value); a part of the
+    algorithm (ALGORITHM_PARTS: loss_agg, advantage, ...) only where it varies among the runs of one
+    algorithm, since a named algorithm implies its parts (loss_variants: dr_grpo is mean_only)."""
+    def values(frame: pd.DataFrame, axis: str) -> pd.Series:
+        return frame[axis].astype("object").where(frame[axis].notna(), "-")
+
+    out = []
+    for a in AXES:
+        if a not in runs or values(runs, a).nunique() <= 1:
+            continue
+        if a in ALGORITHM_PARTS and "algorithm" in runs:
+            algorithms = values(runs, "algorithm")
+            if all(values(group, a).nunique() <= 1 for _, group in runs.groupby(algorithms, sort=False)):
+                continue
+        out.append(a)
+    return out
 
 
 def arm_label(run: pd.Series | dict[str, Any], axes: list[str]) -> str:
@@ -267,19 +354,87 @@ def _isnan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
-def _arm_frame(sweep: Sweep) -> pd.DataFrame:
-    """The columns that identify an arm in tables: the varying axes, then arm and paper name."""
-    return sweep.runs[["run", *sweep.arm_axes, "arm", "paper_method", "seed"]]
+def _arm_keys(sweep: Sweep) -> list[str]:
+    """The columns that name an arm in tables: the varying axes, the arm label, the conf/arm file
+    (where the runs came from arm files) and the paper's name."""
+    has_file = "arm_file" in sweep.runs and sweep.runs["arm_file"].notna().any()
+    return [*sweep.arm_axes, "arm", *(["arm_file"] if has_file else []), "paper_method"]
+
+
+# ---------------------------------------------------------------- statistics over seeds
+# Two-sided confidence level of every interval: mean over seeds, and paired differences.
+CONFIDENCE = 0.95
+
+
+def mean_ci(values: Iterable[Any]) -> tuple[float, float, int]:
+    """``(mean, half_width, n)``: the mean of ``values`` (NaNs dropped) and the half-width of its 95%
+    Student-t confidence interval, t_{0.975, n-1} * sd / sqrt(n) with the sample sd (ddof=1).
+    Half-width NaN for n < 2 (one seed says nothing about the spread), mean NaN for n = 0."""
+    x = pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce").dropna().astype(float)
+    n = len(x)
+    if n == 0:
+        return math.nan, math.nan, 0
+    if n < 2:
+        return float(x.iloc[0]), math.nan, 1
+    quantile = float(scipy_stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1))
+    return float(x.mean()), quantile * float(x.std(ddof=1)) / math.sqrt(n), n
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Arm minus reference over the seeds both have: mean, 95% t interval [low, high], n pairs."""
+
+    n: int
+    mean: float
+    half_width: float
+    seeds: tuple
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.half_width
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.half_width
+
+
+def paired_difference(arm: Mapping[Any, float] | pd.Series, reference: Mapping[Any, float] | pd.Series) -> PairedDifference:
+    """The paired difference ``arm - reference``, matched by seed (the keys: same seed = same base
+    model, prompts and sampling stream); seeds missing or NaN on either side are left out."""
+    a, r = pd.Series(arm, dtype=float), pd.Series(reference, dtype=float)
+    if a.index.has_duplicates or r.index.has_duplicates:
+        raise ValueError("paired_difference: one value per seed on each side (average repeated seeds first)")
+    both = pd.concat([a.rename("arm"), r.rename("reference")], axis=1, join="inner").dropna()
+    mean, half, n = mean_ci(both["arm"] - both["reference"])
+    return PairedDifference(n=n, mean=mean, half_width=half, seeds=tuple(both.index))
+
+
+def verdict(diff: PairedDifference, better: str | None = "higher") -> str:
+    """"better" or "worse" only when the 95% interval of the paired difference excludes 0, else
+    "inconclusive"; "inconclusive (n=1)" (or n=0) with fewer than 2 pairs, whose interval is
+    undefined. ``better``: which sign is the better one ("higher": accuracy; "lower": time); None
+    for a metric with no better direction (length): "higher" or "lower" instead."""
+    if diff.n < 2:
+        return f"inconclusive (n={diff.n})"
+    if better not in ("higher", "lower", None):
+        raise ValueError(f"better must be 'higher', 'lower' or None, not {better!r}")
+    if math.isnan(diff.low) or diff.low <= 0 <= diff.high:
+        return "inconclusive"
+    above = diff.low > 0
+    if better is None:
+        return "higher" if above else "lower"
+    return "better" if above == (better == "higher") else "worse"
 
 
 # ---------------------------------------------------------------- tables (mean and spread over seeds)
 def aggregate(sweep: Sweep, columns: list[str]) -> pd.DataFrame:
-    """Per arm (in sweep order): seeds completed, runs failed, then mean and std of each column.
+    """Per arm (in sweep order): seeds completed, runs failed, then for each column the mean, the
+    std and the half-width of the 95% Student-t confidence interval over seeds (``ci95``).
 
     Only completed runs enter the means; ``n_failed`` keeps the others in sight.
     """
     runs = sweep.runs
-    keys = [*sweep.arm_axes, "arm", "paper_method"]
+    keys = _arm_keys(sweep)
     out = []
     for arm, group in runs.groupby("arm", sort=False):
         done = group[group["status"] == "completed"]
@@ -288,10 +443,16 @@ def aggregate(sweep: Sweep, columns: list[str]) -> pd.DataFrame:
         row["n_failed"] = int(len(group) - len(done))
         for column in columns:
             values = pd.to_numeric(done[column], errors="coerce") if column in done else pd.Series(dtype=float)
-            row[f"{column} mean"] = values.mean()
+            row[f"{column} mean"], row[f"{column} ci95"], _ = mean_ci(values)
             row[f"{column} std"] = values.std(ddof=1) if values.count() > 1 else math.nan
         out.append(row)
-    return pd.DataFrame(out)
+    return _order_stats(pd.DataFrame(out), columns)
+
+
+def _order_stats(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Each column's ``mean``, ``std``, ``ci95`` side by side, after the arm's keys."""
+    stats = [f"{c} {s}" for c in columns for s in ("mean", "std", "ci95")]
+    return table[[c for c in table.columns if c not in stats] + [c for c in stats if c in table]]
 
 
 def accuracy_columns(runs: pd.DataFrame) -> list[str]:
@@ -317,21 +478,21 @@ def _base_row(sweep: Sweep, columns: list[str]) -> pd.DataFrame | None:
     if done.empty or not all(b in done for b in base_columns.values()):
         return None
     per_seed = done.groupby("seed")[list(base_columns.values())].mean()
-    row: dict[str, Any] = {a: None for a in sweep.arm_axes}
+    row: dict[str, Any] = {k: None for k in _arm_keys(sweep)}
     row.update(arm="base (step 0)", paper_method="Base", n_seeds=len(per_seed), n_failed=0)
     for column, base in base_columns.items():
-        row[f"{column} mean"] = per_seed[base].mean()
+        row[f"{column} mean"], row[f"{column} ci95"], _ = mean_ci(per_seed[base])
         row[f"{column} std"] = per_seed[base].std(ddof=1) if len(per_seed) > 1 else math.nan
-    return pd.DataFrame([row])
+    return _order_stats(pd.DataFrame([row]), columns)
 
 
 def length_table(sweep: Sweep) -> pd.DataFrame:
     """Response length per arm: held-out completions at the end (greedy, sampled) and the training
-    samples of the last steps (mean of completions/mean_length over the last quarter of steps)."""
-    runs = sweep.runs.copy()
-    runs["train/final_mean_length"] = [_tail_mean(sweep.curves, r, "completions/mean_length") for r in runs["run"]]
+    samples of the last steps (mean of completions/mean_length over the last quarter of steps,
+    ``train/final_mean_length``, read from the curves when the sweep was loaded)."""
+    runs = sweep.runs
     columns = [c for c in ("final/greedy_mean_length", "final/sampled_mean_length", "train/final_mean_length") if c in runs]
-    return aggregate(Sweep(sweep.name, sweep.path, runs, sweep.curves), columns)
+    return aggregate(sweep, columns)
 
 
 def _tail_mean(curves: pd.DataFrame, run: str, metric: str, fraction: float = 0.25) -> float:
@@ -360,10 +521,12 @@ def time_table(sweep: Sweep) -> pd.DataFrame:
 
 def throughput_table(sweep: Sweep) -> pd.DataFrame:
     """Sampling speed per arm: new tokens per second of sampling and seconds of sampling per step,
-    each the mean over a run's steps after the first (which pays one-off warm-up costs)."""
+    each the mean over a run's steps after the first (which pays one-off warm-up costs), read from
+    the curves when the sweep was loaded (CURVE_NUMBERS)."""
     runs = sweep.runs.copy()
     for metric in ("throughput/sampling_tok_s", "time/sampling_s"):
-        runs[metric] = [_steady_mean(sweep.curves, r, metric) for r in runs["run"]]
+        if metric not in runs:
+            runs[metric] = math.nan
     return aggregate(Sweep(sweep.name, sweep.path, runs, sweep.curves), ["throughput/sampling_tok_s", "time/sampling_s"])
 
 
@@ -387,15 +550,18 @@ def curve_summary(sweep: Sweep, metric: str, kind: str | None = None, by: str = 
 
 
 def format_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    """``mean ± std`` strings for reading, in the table's column order (the CSV keeps the two
-    numbers apart); other numbers rounded to ``digits``."""
+    """``mean ± half-width of the 95% confidence interval`` strings for reading (``mean ± std``
+    where a table has no interval), in the table's column order (the CSV keeps the numbers apart);
+    other numbers rounded to ``digits``."""
     out = {}
     for column in table.columns:
-        if column.endswith(" std"):
+        if column.endswith((" std", " ci95")):
             continue
         if column.endswith(" mean"):
             name = column[: -len(" mean")]
-            out[name] = [_mean_std(m, s, digits) for m, s in zip(table[column], table[f"{name} std"])]
+            spread = next((f"{name} {s}" for s in ("ci95", "std") if f"{name} {s}" in table), None)
+            spreads = table[spread] if spread else [math.nan] * len(table)
+            out[name] = [_mean_std(m, s, digits) for m, s in zip(table[column], spreads)]
         elif pd.api.types.is_float_dtype(table[column]):
             out[column] = ["" if _isnan(v) else f"{v:.{digits}f}" for v in table[column]]
         else:
@@ -411,7 +577,7 @@ def _mean_std(mean: Any, std: Any, digits: int) -> str:
 
 
 def save_table(table: pd.DataFrame, report_dir: Path | str, name: str, digits: int = 3) -> Path:
-    """``tables/<name>.csv`` (the numbers) and ``tables/<name>.md`` (mean ± std, for reading)."""
+    """``tables/<name>.csv`` (the numbers) and ``tables/<name>.md`` (mean ± 95% CI, for reading)."""
     folder = Path(report_dir) / "tables"
     folder.mkdir(parents=True, exist_ok=True)
     table.to_csv(folder / f"{name}.csv", index=False)
@@ -424,6 +590,239 @@ def save_figure(figure: Any, report_dir: Path | str, name: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     figure.savefig(folder / f"{name}.png", dpi=120, bbox_inches="tight")
     return folder / f"{name}.png"
+
+
+# ---------------------------------------------------------------- paired comparisons
+# Metrics compared arm against reference, and which direction is the better one ("higher",
+# "lower"; None: neither, the verdict says "higher"/"lower"). The held-out accuracies of every
+# evaluation task (accuracy_columns: greedy and sampled) are added in front, higher is better.
+COMPARISON_METRICS: dict[str, str | None] = {
+    "train_time_s": "lower",
+    # Steps reached: what an arm pays in a time budget (ppo_equal_time, filter_vs_dynamic).
+    "steps": None,
+    "final/greedy_mean_length": None,
+    "final/sampled_mean_length": None,
+    "train/final_mean_length": None,
+}
+# The arm (its conf/arm file) each experiment compares the others with; an experiment not listed
+# compares with its first arm in sweep order (the first of the experiment file's arm list):
+# kl_on_off DASH (KL on, as published), ppo_equal_time DASH, wall_clock GRPO,
+# generation_batch_size the smallest batch. sft_vs_rl lists SFT-H first, but the paper's claim
+# is about RL against SFT, so DASH is its reference; loss_variants and filter_vs_dynamic compare
+# each update rule or sample selector with plain DASH (no KL, no filter), as their files say.
+REFERENCE_ARMS = {
+    "sft_vs_rl": "dash",
+    "loss_variants": "dash_plain",
+    "filter_vs_dynamic": "dash_plain",
+}
+
+
+def comparison_metrics(runs: pd.DataFrame) -> dict[str, str | None]:
+    """The metrics a comparison table covers for these runs, each with its better direction."""
+    accuracies = [c for c in accuracy_columns(runs) if re.search(r"(greedy|sampled)_acc$", c)]
+    metrics: dict[str, str | None] = {c: "higher" for c in accuracies}
+    metrics.update({c: better for c, better in COMPARISON_METRICS.items() if c in runs})
+    return metrics
+
+
+def reference_arm(sweep: Sweep) -> str:
+    """The arm label of the sweep's reference arm: REFERENCE_ARMS' arm file for the experiment,
+    else the first arm in sweep order. A listed arm file the sweep did not run is warned about."""
+    runs = sweep.runs
+    if runs.empty:
+        raise ValueError(f"{sweep.name}: no runs to compare")
+    wanted = REFERENCE_ARMS.get(sweep.name)
+    if wanted is not None:
+        hits = runs[runs["arm_file"] == wanted] if "arm_file" in runs else runs.iloc[0:0]
+        if len(hits):
+            return str(hits["arm"].iloc[0])
+        warnings.warn(f"{sweep.name}: its reference arm {wanted} is not among the runs; comparing with the first arm, "
+                      f"{runs['arm'].iloc[0]}", stacklevel=2)
+    return str(runs["arm"].iloc[0])
+
+
+def per_seed(sweep: Sweep, arm: str, column: str) -> pd.Series:
+    """One arm's ``column`` per seed, over its completed runs (the mean if a seed ran twice)."""
+    done = sweep.completed
+    done = done[done["arm"] == arm]
+    if column not in done or done.empty:
+        return pd.Series(dtype=float)
+    values = pd.to_numeric(done[column], errors="coerce")
+    return values.groupby(done["seed"]).mean()
+
+
+def comparison_table(sweep: Sweep, reference: str | None = None, metrics: Mapping[str, str | None] | None = None) -> pd.DataFrame:
+    """Each arm against the reference arm (``reference_arm`` by default), metric by metric: the
+    paired difference arm - reference over the seeds both completed, its 95% t interval and the
+    verdict ("better"/"worse" only when the interval excludes 0, else "inconclusive"). The two
+    means are over the paired seeds, so their difference is the difference's mean."""
+    reference = reference_arm(sweep) if reference is None else reference
+    metrics = comparison_metrics(sweep.runs) if metrics is None else dict(metrics)
+    keys = [k for k in _arm_keys(sweep) if k not in sweep.arm_axes]
+    rows = []
+    for arm, group in sweep.runs.groupby("arm", sort=False):
+        if arm == reference:
+            continue
+        for metric, better in metrics.items():
+            diff = paired_difference(per_seed(sweep, arm, metric), per_seed(sweep, reference, metric))
+            pairs = list(diff.seeds)
+            row = {k: group.iloc[0][k] for k in keys}
+            row.update({
+                "reference": reference,
+                "metric": metric,
+                "better": {"higher": "higher", "lower": "lower", None: "-"}[better],
+                "n_pairs": diff.n,
+                "reference_mean": per_seed(sweep, reference, metric).loc[pairs].mean() if pairs else math.nan,
+                "arm_mean": per_seed(sweep, arm, metric).loc[pairs].mean() if pairs else math.nan,
+                "difference mean": diff.mean,
+                "difference ci95": diff.half_width,
+                "difference low": diff.low,
+                "difference high": diff.high,
+                "verdict": verdict(diff, better),
+            })
+            rows.append(row)
+    columns = [*keys, "reference", "metric", "better", "n_pairs", "reference_mean", "arm_mean", "difference mean",
+               "difference ci95", "difference low", "difference high", "verdict"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+# ---------------------------------------------------------------- provenance of pooled runs
+class PoolingWarning(UserWarning):
+    """Runs pooled into one table were made by different code, libraries or machines."""
+
+
+def provenance_warnings(sweep: Sweep) -> list[str]:
+    """One line per provenance field (POOLING_FIELDS: commit, dirty, library versions, python,
+    cpu, gpu) in which the sweep's completed runs differ, naming the values and how many runs have
+    each; one for runs resumed under other code than they started with; one for runs made from a
+    dirty tree (their commit alone does not say what code ran); one for runs that record no
+    provenance (made before it was recorded) beside runs that do; and one per seed whose runs'
+    base-model evaluations (base/greedy_acc, greedy decoding at step 0) differ, since pairing by seed
+    assumes the same base model and prompts."""
+    done = sweep.completed
+    lines = []
+    columns = [f"provenance/{f}" for f in POOLING_FIELDS]
+    if done.empty or not any(c in done for c in columns):
+        return lines
+    recorded = done[columns[0]].notna() if columns[0] in done else pd.Series(False, index=done.index)
+    if not recorded.all():
+        lines.append(f"{sweep.name}: {int((~recorded).sum())} of {len(done)} runs record no provenance; "
+                     "pooling is checked among the others only")
+    for field, column in zip(POOLING_FIELDS, columns):
+        if column not in done:
+            continue
+        values = done.loc[recorded, column].map(lambda v: "none" if v is None or _isnan(v) else str(v))
+        if values.nunique() > 1:
+            counts = values.value_counts(sort=False)
+            shown = ", ".join(f"{(v[:12] if field == 'commit' else v)} ({n} runs)" for v, n in counts.items())
+            lines.append(f"{sweep.name}: pooled runs differ in {field}: {shown}")
+    if "provenance/dirty" in done:
+        dirty = int(done.loc[recorded, "provenance/dirty"].map(lambda v: str(v) == "True").sum())  # not "unknown"
+        if dirty:
+            lines.append(f"{sweep.name}: {dirty} of {len(done)} runs were made from a dirty tree (uncommitted changes): "
+                         "their commit alone does not say what code ran")
+    if "base/greedy_acc" in done:
+        for seed, base in pd.to_numeric(done["base/greedy_acc"], errors="coerce").groupby(done["seed"], sort=True):
+            base = base.dropna()
+            if len(base) > 1 and base.max() - base.min() > 1e-9:
+                lines.append(f"{sweep.name}: seed {_fmt(seed)}: the runs' base-model greedy accuracy differs "
+                             f"({', '.join(f'{v:.4g}' for v in sorted(base.unique()))}): their pairs may not share a base "
+                             "model or prompts")
+    if "provenance/resumed_from" in done:
+        resumed = done[done["provenance/resumed_from"].notna()]
+        for _, run in resumed.iterrows():
+            lines.append(f"{sweep.name}: run {run['run']} was resumed under other {run['provenance/resumed_from']} "
+                         "than it started with")
+    return lines
+
+
+def check_provenance(sweep: Sweep) -> list[str]:
+    """``provenance_warnings``, each also raised as a PoolingWarning (warnings.warn)."""
+    lines = provenance_warnings(sweep)
+    for line in lines:
+        warnings.warn(line, PoolingWarning, stacklevel=2)
+    return lines
+
+
+# ---------------------------------------------------------------- the compact per-run summary (runs.csv)
+# The first columns of runs.csv, in this order; every other number of the runs table follows.
+RUN_COLUMNS = ["experiment", "run", "arm", "arm_file", "paper_method", *AXES, "seed", "status", "error"]
+
+
+def runs_summary(sweeps: Iterable[Sweep]) -> pd.DataFrame:
+    """One row per run of every sweep: its experiment (the sweep's name), arm, axes, seed, status,
+    every number of its summary.json (final/*, base/*, train_time_s, train_time/<phase>_s,
+    steps, ...), the per-run numbers read from its curves (CURVE_NUMBERS) and its provenance
+    (provenance/*). Every table of the report rebuilds from this alone (``load_runs_csv``)."""
+    frames = []
+    for sweep in sweeps:
+        runs = sweep.runs.copy()
+        runs.insert(0, "experiment", sweep.name)
+        frames.append(runs)
+    if not frames:
+        return pd.DataFrame(columns=RUN_COLUMNS)
+    runs = pd.concat(frames, ignore_index=True)
+    scalar = [c for c in runs.columns if not runs[c].map(lambda v: isinstance(v, (dict, list, tuple))).any()]
+    runs = runs[scalar]
+    for column in RUN_COLUMNS:
+        if column not in runs:
+            runs[column] = None
+    return runs[RUN_COLUMNS + [c for c in runs.columns if c not in RUN_COLUMNS]]
+
+
+def save_runs_csv(sweeps: Iterable[Sweep], path: Path | str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    runs_summary(sweeps).to_csv(path, index=False)
+    return path
+
+
+def load_runs_csv(path: Path | str) -> list[Sweep]:
+    """The sweeps of a runs.csv (``runs_summary``), one per experiment in file order, with the
+    runs exactly as ``load_sweep`` gave them and no curves (the report skips the curve figures)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no runs file {path}")
+    table = pd.read_csv(path, keep_default_na=True)
+    missing = [c for c in ("experiment", "run", "arm", "seed", "status") if c not in table]
+    if missing:
+        raise ValueError(f"{path} is not a runs.csv from make analysis: it lacks the column(s) {', '.join(missing)}")
+    for column in ("run", "arm", "arm_file", "paper_method", "error", *AXES, "seed"):
+        if column in table:
+            table[column] = table[column].astype(object).map(_csv_value)
+    sweeps = []
+    for name, runs in table.groupby("experiment", sort=False):
+        runs = _drop_empty(runs.drop(columns="experiment").reset_index(drop=True))
+        sweeps.append(Sweep(name=str(name), path=str(path), runs=runs, curves=_curves_frame([])))
+    return sweeps
+
+
+def _csv_value(value: Any) -> Any:
+    """A value read back from CSV as load_sweep had it from YAML: None for empty, 8 not 8.0."""
+    if value is None or _isnan(value):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def report_name(source: Path | str) -> str:
+    """The default report folder's name for a source of sweeps: the folder's name, or for a
+    runs.csv the name of the folder holding it (docs/findings/runs.csv -> findings)."""
+    source = Path(source).resolve()
+    return source.parent.name if source.suffix == ".csv" else source.name
+
+
+def load_sweeps(source: Path | str) -> list[Sweep]:
+    """Every sweep of ``source``: a sweep folder, a folder of sweeps (one ``make sweep``), or a
+    runs.csv written by ``make analysis`` (``load_runs_csv``)."""
+    source = Path(source)
+    if source.suffix == ".csv":
+        return load_runs_csv(source)
+    found = find_sweeps(source)
+    if not found:
+        raise FileNotFoundError(f"no sweep (multirun.yaml) under {source}")
+    return [load_sweep(p) for p in found]
 
 
 # ---------------------------------------------------------------- the paper's numbers
@@ -458,7 +857,8 @@ def paper_beside(table: pd.DataFrame, sweep: Sweep) -> pd.DataFrame:
         for method in out["paper_method"]:
             hit = results[(results["method"] == method) & (results["metric"] == theirs) & (results["model_size_b"] == size)]
             values.append(float(hit["value"].iloc[0]) * scale if size is not None and len(hit) else math.nan)
-        out.insert(out.columns.get_loc(f"{ours} std") + 1, f"paper {ours}", values)
+        after = f"{ours} ci95" if f"{ours} ci95" in out else f"{ours} std"
+        out.insert(out.columns.get_loc(after) + 1, f"paper {ours}", values)
     return out
 
 
@@ -538,4 +938,5 @@ def load_wandb_runs(runs: Iterable[Any], name: str, path: str = "") -> Sweep:
                 summary[f"train_time/{phase}_s"] = sum(steps)
         rows.append(_run_row(run_name, config, {"status": "incomplete", **summary}, order=order))
         curves.extend(_curve_rows(run_name, metric_rows))
-    return Sweep(name=name, path=path, runs=_runs_frame(rows), curves=_curves_frame(curves))
+    curves_frame = _curves_frame(curves)
+    return Sweep(name=name, path=path, runs=_runs_frame(rows, curves_frame), curves=curves_frame)

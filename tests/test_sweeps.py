@@ -102,7 +102,9 @@ def test_experiment_smoke_multirun(experiment, tmp_path):
     assert sweep.name == experiment
     assert len(sweep.runs) == len(values) and (sweep.runs["status"] == "completed").all()
     if axis == "arm":
-        assert list(sweep.runs["paper_method"]) == [PAPER_NAME_OF_ARM[v] for v in values]
+        assert list(sweep.runs["arm_file"]) == values
+        methods = [None if pd.isna(m) else m for m in sweep.runs["paper_method"]]
+        assert methods == [PAPER_NAME_OF_ARM.get(v) for v in values]  # dr_grpo, dapo, ...: the paper has no name
     else:
         assert sorted(sweep.runs["generation_batch_size"]) == sorted(int(v) for v in values)
 
@@ -236,6 +238,28 @@ def test_accuracy_table_is_the_mean_over_seeds_of_the_runs_summaries(sweeps):
     assert not any(table[c].notna().any() for c in table if c.startswith("paper "))  # tiny model: not the paper's setting
     assert (report / "tables" / "kl_paper_reference.csv").exists()
     assert "±" in (report / "tables" / "kl_accuracy.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_reports_runs_csv_rebuilds_its_tables_and_comparisons_pair_by_seed(sweeps):
+    root, report = sweeps
+    from_folder = ra.load_sweeps(root)
+    from_csv = ra.load_runs_csv(report / "runs.csv")
+    assert [s.name for s in from_csv] == [s.name for s in from_folder] == ["generation_batch_size", "kl"]
+    for folder_sweep, csv_sweep in zip(from_folder, from_csv):
+        for make in (ra.accuracy_table, ra.length_table, ra.time_table, ra.throughput_table, ra.comparison_table):
+            pd.testing.assert_frame_equal(make(folder_sweep), make(csv_sweep), check_dtype=False)
+    table = pd.read_csv(report / "tables" / "kl_comparisons.csv")
+    assert set(table["reference"]) == {"algorithm=dash kl=on filter=on"}  # the first arm: kl has no REFERENCE_ARMS entry
+    no_kl = table[table["paper_method"] == "No-KL"].set_index("metric")
+    done = _runs_from_files(root / "kl").query("status == 'completed'").set_index("seed")
+    diffs = done[done["kl"] == "off"]["train_time_s"] - done[(done["kl"] == "on") & (done["algorithm"] == "dash")]["train_time_s"]
+    mean, half, n = ra.mean_ci(diffs)
+    assert no_kl.loc["train_time_s", "n_pairs"] == n == 2
+    assert no_kl.loc["train_time_s", "difference mean"] == pytest.approx(mean)
+    assert no_kl.loc["train_time_s", "difference ci95"] == pytest.approx(half)
+    grpo = table[table["paper_method"] == "GRPO"]
+    assert (grpo["n_pairs"] == 0).all() and (grpo["verdict"] == "inconclusive (n=0)").all()  # its jobs all failed
 
 
 @pytest.mark.slow
