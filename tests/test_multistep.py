@@ -90,7 +90,7 @@ def test_every_written_form_is_arithmetically_true_without_slips(values, data):
 
 # ---------------------------------------------------------------- the verifier
 def test_verifier_on_correct_incorrect_and_garbage():
-    example = next(e for e in TASK.test_examples() if len(parse(e.prompt)[1]) >= 3)
+    example = next(e for e in TASK.test_examples() if len(parse(e.prompt)[1]) == 3)
     value = example.answer
     assert TASK.score(example.reference_solution, example) == 1.0
     assert TASK.score(f":{value}", example) == 1.0
@@ -101,7 +101,7 @@ def test_verifier_on_correct_incorrect_and_garbage():
 
 
 def test_terse_and_verbose_solutions_both_score_one_and_differ_in_length():
-    for example in TASK.test_examples()[:32]:
+    for example in [e for e in TASK.test_examples() if len(parse(e.prompt)[1]) >= 2][:32]:
         values, ops = parse(example.prompt)
         n = len(ops)
         terse = worked_solution(values, ops, merge=[True] * n)
@@ -142,7 +142,7 @@ def test_train_is_disjoint_from_both_test_splits():
 def test_ood_split_is_longer_and_shares_the_train_stream():
     n_id = [len(parse(e.prompt)[1]) for e in TASK.test_examples()]
     n_ood = [len(parse(e.prompt)[1]) for e in OOD.test_examples()]
-    assert set(n_id) == {2, 3, 4} and set(n_ood) == {5, 6}
+    assert set(n_id) == {1, 2, 3} and set(n_ood) == {4, 5}
     assert [OOD.train_example(i) for i in range(5)] == [TASK.train_example(i) for i in range(5)]
     assert OOD.cache_key() == TASK.cache_key()  # the split does not change what the base model learns
     other_mix = MultistepTask(split="ood", ood_min_ops=3, ood_max_ops=3, operations="+*", **SMALL)
@@ -170,7 +170,7 @@ def test_texts_fit_the_alphabet_and_the_tiny_model():
     for e in examples:
         assert set(e.prompt + e.demonstration + e.reference_solution) <= set(ALPHABET)
         assert len(e.demonstration) < budget and len(e.prompt) + budget <= positions
-    assert statistics.mean(len(e.demonstration) for e in task.test_examples()) < 40
+    assert statistics.mean(len(e.demonstration) for e in task.test_examples()) < 25
 
 
 @pytest.mark.parametrize(

@@ -107,11 +107,11 @@ def worked_solution(values: list[int], ops: list[str], slips: list[int] | None =
 @dataclass
 class MultistepConfig(TaskConfig):
     split: str = "id"  # the held-out split test_examples returns: id (like training) | ood (longer problems)
-    min_ops: int = 2  # fewest operations per train / in-distribution problem
-    max_ops: int = 4  # most operations per train / in-distribution problem
-    ood_min_ops: int = 5  # fewest operations per out-of-distribution test problem
-    ood_max_ops: int = 6  # most operations per out-of-distribution test problem
-    max_operand: int = 9  # operands are drawn from 0..max_operand
+    min_ops: int = 1  # fewest operations per train / in-distribution problem
+    max_ops: int = 3  # most operations per train / in-distribution problem
+    ood_min_ops: int = 4  # fewest operations per out-of-distribution test problem
+    ood_max_ops: int = 5  # most operations per out-of-distribution test problem
+    max_operand: int = 5  # operands are drawn from 0..max_operand
     operations: str = "+-*"  # the operations problems draw from (a subset of +-*)
     max_intermediate: int = 999  # problems with an intermediate value beyond +-this are drawn again
     n_test_problems: int = 256  # size of each held-out split
@@ -138,8 +138,8 @@ class MultistepTask(Task):
         task.name = cfg.name
         return task
 
-    def __init__(self, seed: int = 0, split: str = "id", min_ops: int = 2, max_ops: int = 4, ood_min_ops: int = 5,
-                 ood_max_ops: int = 6, max_operand: int = 9, operations: str = "+-*", max_intermediate: int = 999,
+    def __init__(self, seed: int = 0, split: str = "id", min_ops: int = 1, max_ops: int = 3, ood_min_ops: int = 4,
+                 ood_max_ops: int = 5, max_operand: int = 5, operations: str = "+-*", max_intermediate: int = 999,
                  n_test_problems: int = 256, teacher_step_noise: float = 0.15, teacher_merge_prob: float = 0.25,
                  teacher_restate_prob: float = 0.25):
         if split not in SPLITS:
