@@ -216,4 +216,4 @@ def test_debug_training_run_with_the_ood_split(tmp_path):
         assert 0.0 <= summary[key] <= 1.0, key
     assert OmegaConf.load(tmp_path / "config.yaml").eval.tasks.multistep_ood.split == "ood"
     keys = [json.loads(p.read_text()) for p in Path(os.environ["RLREASON_CACHE"]).glob("base-*/rlreason_base.json")]
-    assert any(k["task"]["name"] == "multistep" and k["task"]["alphabet"] == ALPHABET for k in keys)
+    assert any(k["task"].get("name") == "multistep" and k["task"].get("alphabet") == ALPHABET for k in keys)
