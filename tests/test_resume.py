@@ -165,3 +165,19 @@ def test_a_run_directory_holding_a_run_is_not_reused_without_resume(uninterrupte
 def test_resume_with_different_settings_is_refused(uninterrupted: Path) -> None:
     with pytest.raises(ConfigError, match=r"resume=true in .*, but seed=1 here, 0 in the run;"):
         run(compose(*RUN, "logger=none", "resume=true", "seed=1"), uninterrupted)
+
+
+def test_resuming_a_completed_run_skips_it_and_one_asking_for_more_steps_continues(uninterrupted: Path, tmp_path: Path) -> None:
+    """A resumed sweep (`-m ... resume=true` with a fixed sweep folder) must not redo finished jobs:
+    the job returns its summary without building a trainer, and its files stay as they were."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted, run_dir)
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir() if p.is_file()}
+    summary = run(compose(*RUN, "logger=none", "resume=true"), run_dir)
+    assert summary == json.loads((uninterrupted / "summary.json").read_text())
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir() if p.is_file()} == before
+    # A resume that asks for more steps is not finished: it continues from the last checkpoint.
+    longer = run(compose(*RUN, "logger=none", "resume=true", f"trainer.steps={STEPS + 1}"), run_dir)
+    assert longer["steps"] == STEPS + 1 and steps(run_dir, "train") == list(range(1, STEPS + 2))

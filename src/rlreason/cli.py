@@ -48,8 +48,33 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     parallel = get_parallel()
     run_dir = Path(parallel.broadcast(str(run_dir)))  # under accelerate launch: process 0's run folder
+    finished = finished_summary(cfg, run_dir)
+    if finished is not None:
+        log.info("resume: %s already completed its %d steps; nothing to do", run_dir, finished["steps"])
+        return finished
     summary = Trainer(cfg, run_dir, parallel).fit()
     return summary
+
+
+def finished_summary(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    """With ``resume=true``, the summary of a run that already completed what ``cfg`` asks (its steps,
+    or its training-time budget), so a resumed sweep skips finished jobs instead of reloading them;
+    None otherwise (a resume whose settings conflict with the run's still fails, in the Trainer)."""
+    path = run_dir / "summary.json"
+    if not cfg.resume or not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if summary.get("status") != "completed":
+        return None
+    from rlreason.resume import checkpoint_to_resume
+
+    checkpoint_to_resume(run_dir, cfg)  # the same refusal as the Trainer's when the settings differ
+    budget = cfg.trainer.max_train_seconds
+    done = summary.get("steps", -1) >= cfg.trainer.steps or (budget is not None and summary.get("train_time_s", 0.0) >= budget)
+    return summary if done else None
 
 
 def run_and_report(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | None:
