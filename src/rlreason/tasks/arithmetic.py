@@ -63,10 +63,7 @@ class ArithmeticTask(Task):
 
     @classmethod
     def from_config(cls, cfg: Any, context: TaskContext) -> "ArithmeticTask":
-        from rlreason.tasks import SFT_SOURCES_OF_DATA
-
-        if context.sft_source not in SFT_SOURCES_OF_DATA:
-            raise ConfigError(f"sft.source={context.sft_source!r}: task=arithmetic has its own teacher; use reference or teacher")
+        cls.require_own_sft_data(context)
         return cls(digits=cfg.digits, seed=cfg.seed, n_test_problems=cfg.n_test_problems,
                    teacher_carry_noise=cfg.teacher_carry_noise)
 

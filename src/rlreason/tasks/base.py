@@ -94,6 +94,15 @@ class Task(ABC):
             task.name = cfg.name
         return task
 
+    @classmethod
+    def require_own_sft_data(cls, context: TaskContext) -> None:
+        """For a task that generates its own problems and teacher: SFT data must be the task's own
+        (``sft.source=reference|teacher``), since a traces file cannot name its problems."""
+        from rlreason.tasks import SFT_SOURCES_OF_DATA
+
+        if context.sft_source not in SFT_SOURCES_OF_DATA:
+            raise ConfigError(f"sft.source={context.sft_source!r}: task={cls.name} has its own teacher; use reference or teacher")
+
     @abstractmethod
     def train_example(self, index: int) -> Example:
         """Train example number ``index`` (any non-negative int; tasks wrap or reshuffle per epoch)."""

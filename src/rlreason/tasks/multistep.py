@@ -128,10 +128,7 @@ class MultistepTask(Task):
 
     @classmethod
     def from_config(cls, cfg: Any, context: TaskContext) -> "MultistepTask":
-        from rlreason.tasks import SFT_SOURCES_OF_DATA
-
-        if context.sft_source not in SFT_SOURCES_OF_DATA:
-            raise ConfigError(f"sft.source={context.sft_source!r}: task=multistep has its own teacher; use reference or teacher")
+        cls.require_own_sft_data(context)
         keys = [f.name for f in MultistepConfig.__dataclass_fields__.values()
                 if f.name not in ("_target_", "name", "n_test", "max_completion_tokens")]
         task = cls(**{k: cfg[k] for k in keys})
