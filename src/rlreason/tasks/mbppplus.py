@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from rlreason.errors import ConfigError, DataError, first_line
-from rlreason.sandbox import Outcome, Program, Sandbox, SandboxConfig, decode, encode
-from rlreason.tasks.base import Example, Grade, Task, TaskConfig
+from rlreason.sandbox import Outcome, Program, decode
+from rlreason.tasks.base import Example, Grade, Task
+from rlreason.tasks.sandboxed import SandboxTaskConfig, extract_code, open_sandbox
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,6 @@ DEFAULT_PROMPT_TEMPLATE = (
 EXPECTED_CACHE_VERSION = 1
 FIELDS = {"task_id": str, "prompt": str, "entry_point": str, "canonical_solution": str,
           "base_input": list, "plus_input": list}
-_CODE_BLOCK = re.compile(r"```(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
 # --- EvalPlus's special oracles (evalplus/eval/_special_oracle.py) ---
 # Outputs are match objects: only whether something was returned counts (a bool compares as is).
@@ -155,12 +155,6 @@ def outputs_match(entry_point: str, inputs: list, outputs: list, expected: list,
     return True
 
 
-def extract_code(completion: str) -> str | None:
-    """The last fenced python block of a completion (None when it has none)."""
-    blocks = _CODE_BLOCK.findall(completion)
-    return blocks[-1] if blocks else None
-
-
 @dataclass(frozen=True)
 class Problem:
     task_id: str
@@ -240,7 +234,9 @@ def load_rows(data_files: str | None, dataset: str) -> tuple[list[Problem], str]
 
 
 @dataclass
-class MbppPlusConfig(TaskConfig):
+class MbppPlusConfig(SandboxTaskConfig):
+    """conf/task/mbppplus.yaml's keys (documented there); the sandbox's are SandboxTaskConfig's."""
+
     name: str = "mbppplus"
     max_completion_tokens: int = 512
     dataset: str = "evalplus/mbppplus"
@@ -249,11 +245,6 @@ class MbppPlusConfig(TaskConfig):
     tests: str = "plus"
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
     chat_template: bool = False
-    sandbox: str = "bwrap"
-    sandbox_workers: int = 0
-    test_timeout_s: float = 4.0
-    completion_timeout_s: float = 20.0
-    memory_mb: int = 1024
 
 
 class MbppPlusTask(Task):
@@ -305,10 +296,7 @@ class MbppPlusTask(Task):
         test = sorted(order[n_train:], key=lambda t: int(t.split("/")[-1]))
         self._test = [by_id[t] for t in test][:n_test]
         self.problems = by_id
-        self.sandbox = Sandbox(SandboxConfig(
-            mode=sandbox, workers=sandbox_workers, test_timeout_s=test_timeout_s,
-            completion_timeout_s=completion_timeout_s, cpu_s=completion_timeout_s, memory_mb=memory_mb,
-        ))
+        self.sandbox = open_sandbox(sandbox, sandbox_workers, test_timeout_s, completion_timeout_s, memory_mb)
         try:
             self.expected, self.unusable = self._expected_outputs(Path(cache_dir))
         except BaseException:
