@@ -31,8 +31,8 @@ from typing import Any, Optional
 
 from rlreason.errors import ConfigError, DataError, first_line
 from rlreason.sandbox import Outcome, Program, decode
-from rlreason.tasks.base import Example, Grade, Task
-from rlreason.tasks.sandboxed import SandboxTaskConfig, extract_code, open_sandbox
+from rlreason.tasks.base import Example
+from rlreason.tasks.sandboxed import SandboxedTask, SandboxTaskConfig, extract_code, open_sandbox  # noqa: F401 (extract_code: re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ class MbppPlusConfig(SandboxTaskConfig):
     chat_template: bool = False
 
 
-class MbppPlusTask(Task):
+class MbppPlusTask(SandboxedTask):
     """MBPP+ with EvalPlus grading; candidates run in a ``Sandbox`` the task owns (``close()`` stops it)."""
 
     Config = MbppPlusConfig
@@ -275,17 +275,9 @@ class MbppPlusTask(Task):
     ):
         if tests not in ("base", "plus"):
             raise ConfigError(f"task.tests={tests!r}: expected base or plus")
-        if chat_template and tokenizer is None:
-            raise ConfigError("task.chat_template=true needs a tokenizer (a hub model's)")
-        if n_test is not None and n_test < 1:
-            raise ConfigError(f"task.n_test={n_test} must be >= 1 (or null for the whole test split)")
-        try:
-            prompt_template.format(problem="", entry_point="")
-        except (KeyError, IndexError, ValueError) as error:
-            raise ConfigError(f"task.prompt_template: fields are {{problem}} and {{entry_point}} ({first_line(error)})") from None
+        self._set_prompting(prompt_template, chat_template, tokenizer, n_test)
         self.name, self.seed, self.tests = name, seed, tests
         self.max_completion_tokens = max_completion_tokens
-        self.prompt_template, self.chat_template, self.tokenizer = prompt_template, chat_template, tokenizer
         problems, self.data_hash = load_rows(data_files, dataset)
         if not 0 <= n_train < len(problems):
             raise ConfigError(f"task.n_train={n_train}: expected 0..{len(problems) - 1} ({len(problems)} tasks)")
@@ -337,13 +329,6 @@ class MbppPlusTask(Task):
         tmp.replace(path)
         return expected, unusable
 
-    def prompt(self, problem: Problem) -> str:
-        text = self.prompt_template.format(problem=problem.prompt.strip(), entry_point=problem.entry_point)
-        if not self.chat_template:
-            return text
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
-
     def example(self, problem: Problem) -> Example:
         return Example(
             prompt=self.prompt(problem),
@@ -367,21 +352,8 @@ class MbppPlusTask(Task):
         return [self.example(p) for p in self._test]
 
     # --- grading ---
-    def grade(self, completions: list[str], examples: list[Example]) -> list[Grade]:
-        """All completions in one sandbox run; a completion without a code block scores 0 unrun."""
-        jobs, slots = [], []
-        for i, (completion, example) in enumerate(zip(completions, examples)):
-            problem = self.problems.get(example.meta)
-            code = extract_code(completion) if isinstance(completion, str) else None
-            if problem is None or code is None or problem.task_id not in self.expected:
-                continue
-            jobs.append(self.program(code, problem))
-            slots.append(i)
-        grades = [Grade(0.0, False)] * len(completions)
-        for i, outcome in zip(slots, self.sandbox.run(jobs)):
-            ok = self.passes(outcome, self.problems[examples[i].meta])
-            grades[i] = Grade(float(ok), ok)
-        return grades
+    def gradable(self, problem: Problem) -> bool:
+        return problem.task_id in self.expected  # a task whose canonical solution does not run scores 0
 
     def passes(self, outcome: Outcome, problem: Problem) -> bool:
         """Whether a candidate's outcome matches the canonical outputs (in this process, decoded)."""
@@ -397,21 +369,5 @@ class MbppPlusTask(Task):
         return outputs_match(problem.entry_point, self.inputs(problem), outputs,
                              [decode(v) for v in expected], problem.atol)
 
-    def score(self, completion: str, example: Example) -> float:
-        return self.grade([completion], [example])[0].reward
-
-    def is_correct(self, completion: str, example: Example) -> bool:
-        return self.grade([completion], [example])[0].correct
-
-    def alphabet(self) -> str:
-        """Printable ASCII: the embedded model's character tokenizer can read MBPP+ (it scores 0 there;
-        real runs use a hub model's tokenizer)."""
-        import string
-
-        return string.printable
-
     def cache_key(self) -> dict[str, Any]:
         return {"name": self.name, "seed": self.seed, "data": self.data_hash[:16]}
-
-    def close(self) -> None:
-        self.sandbox.close()
