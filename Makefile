@@ -94,7 +94,7 @@ sweep: $(STAMP) ## Run the paper's experiments (EXPERIMENT=name for one) on the 
 analysis: $(STAMP) ## Execute the notebooks (analysis/) on the newest sweep (or SWEEP=dir, or RUNS=runs.csv) into reports/<sweep>/: runs.csv, tables (md, csv), figures (png).
 	$(PY) analysis/make_report.py $(SWEEP) $(if $(RUNS),--runs $(RUNS))
 
-bench: $(STAMP) ## Time GRPO vs DASH vs TRL's GRPOTrainer, plus throughput curves (~20 min); BENCH_ARGS=--quick for a smoke test.
+bench: $(STAMP) ## Time GRPO vs DASH vs TRL's GRPOTrainer, throughput curves, code completions scored per second (~20 min); BENCH_ARGS=--quick for a smoke test.
 	@$(PY) -c "import trl; assert trl.__version__ == '1.16.0'" 2>/dev/null || { $(PIP) install -q -c $(VENV)/constraints.txt -e '.[bench]' 2>&1 | $(QUIET_PIP); }
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
 

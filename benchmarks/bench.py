@@ -15,6 +15,8 @@ model, the same prompts in the same order and the same sampling seed within a re
    (one generate per micro-batch of 8); its final accuracy measured by our evaluator.
 4. Training FLOP/s (FLOPs counted by torch's FlopCounterMode) as a fraction of the fp32 matmul
    peak measured in the same run.
+5. Code scoring (benchmarks/sandbox_bench.py): completions scored per second by the sandbox, with
+   1 and 2 workers, for the embedded code task (task=codegen) and MBPP+'s canonical solutions.
 
 Arms are interleaved within each repetition (the order rotates), so slow drift of the machine
 hits every arm alike; the reported figures are medians over repetitions. Evaluation time is
@@ -44,6 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sandbox_bench  # noqa: E402
 
 log = logging.getLogger("bench")
 # Every arm and curve runs here: the GPU when there is one (as the Trainer picks it), else the CPU.
@@ -739,8 +744,8 @@ def plot(gen_curve, bp_curve, path: Path) -> None:
 
 # ---------------------------------------------------------------------------- main
 def write_results(out: Path, rows, gen_curve, bp_curve, peaks: list[float], fpt, info: dict[str, Any],
-                  started: float) -> str:
-    """Write results.md, arms.csv, curves.csv and raw.json from what has been measured so far."""
+                  started: float, scoring: list[dict[str, Any]] | None = None) -> str:
+    """Write results.md, arms.csv, curves.csv, scoring.csv and raw.json from what has been measured so far."""
     peak = max(peaks)
     info = {**info, "matmul_peaks_gflops": [round(p / 1e9, 1) for p in peaks],
             "bench_seconds": round(time.perf_counter() - started), "load_avg_end": load_average(),
@@ -748,6 +753,12 @@ def write_results(out: Path, rows, gen_curve, bp_curve, peaks: list[float], fpt,
     table = summarise(rows, peak, fpt) if rows else []
     targets = {r["rep"]: r["target_acc"] for r in rows if "target_acc" in r}
     md = markdown(table, gen_curve, bp_curve, peak, fpt, info, targets)
+    if scoring:
+        md += "\n" + sandbox_bench.markdown(scoring)
+        with open(out / "scoring.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(scoring[0]))
+            writer.writeheader()
+            writer.writerows(scoring)
     (out / "results.md").write_text(md)
     if rows:
         with open(out / "arms.csv", "w", newline="") as f:
@@ -766,7 +777,8 @@ def write_results(out: Path, rows, gen_curve, bp_curve, peaks: list[float], fpt,
                 writer.writerow(["backprop", b["micro_batch"], round(b["backprop_tok_s"], 1),
                                  round(b["saved_activations_mb"], 2), b["peak_mem_delta_mb"], b["load_avg"]])
     (out / "raw.json").write_text(json.dumps({"machine": info, "rows": rows, "table": table, "generation": gen_curve,
-                                              "backprop": bp_curve, "flops_per_token": fpt, "peak_flops": peak},
+                                              "backprop": bp_curve, "flops_per_token": fpt, "peak_flops": peak,
+                                              "scoring": scoring or []},
                                              indent=1, default=str))
     return md
 
@@ -780,6 +792,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arms", default="grpo,dash_nofilter,dash,trl",
                         help="comma-separated arms out of grpo,dash_nofilter,dash,trl,trl_microgen")
     parser.add_argument("--no-curves", action="store_true", help="skip the throughput/memory curves")
+    parser.add_argument("--no-scoring", action="store_true", help="skip the code-scoring throughput (sandbox_bench.py)")
     parser.add_argument("--shape", choices=SHAPES,
                         help="time a random-weight model of this shape (model=<shape>-shape) at realistic lengths "
                              f"(sampler.max_new_tokens={SHAPE_MAX_NEW_TOKENS}), for a GPU; accuracies are 0 by construction")
@@ -882,8 +895,12 @@ def main(argv: list[str] | None = None) -> int:
             log.info("curves done (load %s)", load_average())
         except torch.OutOfMemoryError as exc:
             log.error("curves stopped by out-of-memory (the arms' numbers are kept): %s", str(exc).splitlines()[0])
+    scoring = None
+    if not args.no_scoring:
+        scoring = sandbox_bench.measure([1, 2], cache_dir=str(cfg.cache_dir), quick=quick)
+        log.info("code scoring done (load %s)", load_average())
     peaks.append(matmul_peak(0.1 if quick else 0.5, dtype))
-    md = write_results(out, rows, gen_curve, bp_curve, peaks, fpt, info, started)
+    md = write_results(out, rows, gen_curve, bp_curve, peaks, fpt, info, started, scoring)
     print(md)
     log.info("wrote %s (%.0f s)", out, time.perf_counter() - started)
     return 0

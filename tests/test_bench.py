@@ -44,6 +44,13 @@ def test_quick_bench_writes_every_output(tmp_path: Path) -> None:
     assert (tmp_path / "curves.png").stat().st_size > 0
     text = (tmp_path / "results.md").read_text()
     assert "## Targets" in text and "matmul peak" in text
+    assert "## Code scoring: completions scored per second" in text
+    with open(tmp_path / "scoring.csv") as f:
+        scoring = list(csv.DictReader(f))
+    assert [int(r["workers"]) for r in scoring] == [1, 2]
+    for r in scoring:  # the embedded code task always; MBPP+ where the shared file is
+        assert float(r["codegen_per_s"]) > 0 and float(r["trivial_per_s"]) > 0
+        assert r["mbppplus_canonical_per_s"] == "" or float(r["mbppplus_canonical_per_s"]) > 0
 
 
 @pytest.mark.slow
@@ -57,7 +64,7 @@ def test_shape_mode_times_a_random_model_of_the_named_shape(tmp_path: Path, monk
               "sampler.max_new_tokens=12"]
     trl = ["trl"] if importlib.util.find_spec("trl") is not None else []  # TRL's arm too where the bench extra is in
     argv = ["--quick", "--steps", "2", "--arms", ",".join(["grpo", "dash_nofilter", "dash"] + trl), "--shape",
-            "qwen2.5-0.5b", "--no-curves", "--out", str(tmp_path / "out")]
+            "qwen2.5-0.5b", "--no-curves", "--no-scoring", "--out", str(tmp_path / "out")]
     assert bench.main(argv + [a for o in shrink for a in ("--set", o)]) == 0
     with open(tmp_path / "out" / "arms.csv") as f:
         rows = list(csv.DictReader(f))

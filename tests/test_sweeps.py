@@ -26,6 +26,8 @@ from rlreason.config import validate
 from rlreason.sweep_status import job_statuses
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+# The paper's setting of each experiment, besides its embedded default: math, or MBPP+ for the code tables.
+CODE_EXPERIMENTS = ("sft_vs_rl_code", "wall_clock_code")
 ARMS = sorted(p.stem for p in (CONF / "arm").glob("*.yaml"))
 # Each arm file is the paper's method of the same name.
 PAPER_NAME_OF_ARM = {
@@ -81,11 +83,25 @@ def test_experiment_jobs_compose_on_the_embedded_and_the_real_setting(experiment
     assert len(params.pop("seed")) >= 3, "compare arms over several seeds"
     (axis, values), = params.items()  # one axis compared per experiment
     assert len(values) >= 2
-    for value, setting in itertools.product(values, ([], ["model=qwen2.5-0.5b", "task=math"])):
+    real_task = "mbppplus" if experiment in CODE_EXPERIMENTS else "math"
+    for value, setting in itertools.product(values, ([], ["model=qwen2.5-0.5b", f"task={real_task}"])):
         cfg = compose(f"experiment={experiment}", f"{axis}={value}", *setting)  # debug=true: the smoke test below
         validate(cfg)
         if setting:
-            assert (cfg.model.name, cfg.task.name) == ("qwen2.5-0.5b", "math")
+            assert (cfg.model.name, cfg.task.name) == ("qwen2.5-0.5b", real_task)
+        elif experiment in CODE_EXPERIMENTS:
+            assert cfg.task.name == "codegen"
+
+
+@pytest.mark.parametrize("experiment", CODE_EXPERIMENTS)
+def test_code_experiments_evaluate_and_filter_as_the_paper(experiment):
+    """Tables 2 and 4 on code: pass@1 and pass@8 from 8 samples at temperature 0.9, greedy too, and
+    the code threshold 0.01 where the arm filters."""
+    for arm in sweep_params(experiment)["arm"]:
+        cfg = compose(f"experiment={experiment}", f"arm={arm}")
+        assert cfg.eval.samples_per_problem == 8 and list(cfg.eval.pass_k) == [1, 8] and cfg.eval.greedy
+        assert cfg.sampler.temperature == 0.9 and cfg.filter.threshold == 0.01
+    assert compose(f"experiment={experiment}", "arm=dash").filter.enabled
 
 
 @pytest.mark.slow

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from rlreason.errors import ConfigError
-from rlreason.tasks.base import Example, Grade, Task, TaskConfig
+from rlreason.tasks.base import Example, Grade, Task
+from rlreason.tasks.sandboxed import SandboxTaskConfig, open_sandbox
 
 # Every character of the task's prompts and solutions; the embedded tokenizer is built from it.
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 \n()[]=+-*/%:,."
@@ -150,15 +151,14 @@ def same_value(got: Any, expected: Any) -> bool:
 
 
 @dataclass
-class Config(TaskConfig):
-    """conf/task/codegen.yaml's keys (documented there)."""
+class Config(SandboxTaskConfig):
+    """conf/task/codegen.yaml's keys (documented there); the sandbox's are SandboxTaskConfig's."""
 
     n_test_problems: int = 256
     n_shown: int = 3
     n_hidden: int = 8
     teacher_noise: float = 0.4
-    sandbox: str = "bwrap"
-    sandbox_workers: int = 0
+    # One call of a one-line function over a short list: much tighter limits than MBPP+'s.
     test_timeout_s: float = 1.0
     completion_timeout_s: float = 3.0
     memory_mb: int = 512
@@ -188,8 +188,6 @@ class CodegenTask(Task):
             raise ConfigError(f"task.n_shown={n_shown} must be >= 1 and task.n_hidden={n_hidden} >= it")
         if not 0.0 <= teacher_noise <= 1.0:
             raise ConfigError(f"task.teacher_noise={teacher_noise} must be in [0, 1]")
-        if sandbox not in ("bwrap", "process"):
-            raise ConfigError(f"task.sandbox={sandbox!r} must be bwrap or process")
         self.name, self.seed, self.noise = name, seed, teacher_noise
         self.n_shown, self.n_hidden, self.n_test_problems = n_shown, n_hidden, n_test_problems
         rng = random.Random(f"codegen-test-{seed}-{n_shown}-{n_hidden}")
@@ -202,21 +200,13 @@ class CodegenTask(Task):
             if example.prompt not in self._test_prompts:
                 self._test_prompts.add(example.prompt)
                 self._test.append(example)
-        self._sandbox_config = dict(
-            mode=sandbox,
-            workers=sandbox_workers,
-            test_timeout_s=test_timeout_s,
-            completion_timeout_s=completion_timeout_s,
-            memory_mb=memory_mb,
-        )
+        self._sandbox_args = (sandbox, sandbox_workers, test_timeout_s, completion_timeout_s, memory_mb)
         self._sandbox: Any = None
         self._open_sandbox()  # at start-up: a missing bubblewrap is a one-line error now, not mid-run
 
     def _open_sandbox(self) -> Any:
         if self._sandbox is None:
-            from rlreason.sandbox import Sandbox, SandboxConfig
-
-            self._sandbox = Sandbox(SandboxConfig(**self._sandbox_config))
+            self._sandbox = open_sandbox(*self._sandbox_args)
         return self._sandbox
 
     def _example(self, fn: Function, shown: list[list[int]], hidden: list[list[int]], rng: random.Random) -> Example:

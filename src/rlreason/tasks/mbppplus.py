@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from rlreason.errors import ConfigError, DataError, first_line
-from rlreason.sandbox import Outcome, Program, Sandbox, SandboxConfig, decode, encode
-from rlreason.tasks.base import Example, Grade, Task, TaskConfig
+from rlreason.sandbox import Outcome, Program, decode
+from rlreason.tasks.base import Example
+from rlreason.tasks.sandboxed import SandboxedTask, SandboxTaskConfig, extract_code, open_sandbox  # noqa: F401 (extract_code: re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,6 @@ DEFAULT_PROMPT_TEMPLATE = (
 EXPECTED_CACHE_VERSION = 1
 FIELDS = {"task_id": str, "prompt": str, "entry_point": str, "canonical_solution": str,
           "base_input": list, "plus_input": list}
-_CODE_BLOCK = re.compile(r"```(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
 # --- EvalPlus's special oracles (evalplus/eval/_special_oracle.py) ---
 # Outputs are match objects: only whether something was returned counts (a bool compares as is).
@@ -155,12 +155,6 @@ def outputs_match(entry_point: str, inputs: list, outputs: list, expected: list,
     return True
 
 
-def extract_code(completion: str) -> str | None:
-    """The last fenced python block of a completion (None when it has none)."""
-    blocks = _CODE_BLOCK.findall(completion)
-    return blocks[-1] if blocks else None
-
-
 @dataclass(frozen=True)
 class Problem:
     task_id: str
@@ -240,7 +234,9 @@ def load_rows(data_files: str | None, dataset: str) -> tuple[list[Problem], str]
 
 
 @dataclass
-class MbppPlusConfig(TaskConfig):
+class MbppPlusConfig(SandboxTaskConfig):
+    """conf/task/mbppplus.yaml's keys (documented there); the sandbox's are SandboxTaskConfig's."""
+
     name: str = "mbppplus"
     max_completion_tokens: int = 512
     dataset: str = "evalplus/mbppplus"
@@ -249,14 +245,9 @@ class MbppPlusConfig(TaskConfig):
     tests: str = "plus"
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
     chat_template: bool = False
-    sandbox: str = "bwrap"
-    sandbox_workers: int = 0
-    test_timeout_s: float = 4.0
-    completion_timeout_s: float = 20.0
-    memory_mb: int = 1024
 
 
-class MbppPlusTask(Task):
+class MbppPlusTask(SandboxedTask):
     """MBPP+ with EvalPlus grading; candidates run in a ``Sandbox`` the task owns (``close()`` stops it)."""
 
     Config = MbppPlusConfig
@@ -284,17 +275,9 @@ class MbppPlusTask(Task):
     ):
         if tests not in ("base", "plus"):
             raise ConfigError(f"task.tests={tests!r}: expected base or plus")
-        if chat_template and tokenizer is None:
-            raise ConfigError("task.chat_template=true needs a tokenizer (a hub model's)")
-        if n_test is not None and n_test < 1:
-            raise ConfigError(f"task.n_test={n_test} must be >= 1 (or null for the whole test split)")
-        try:
-            prompt_template.format(problem="", entry_point="")
-        except (KeyError, IndexError, ValueError) as error:
-            raise ConfigError(f"task.prompt_template: fields are {{problem}} and {{entry_point}} ({first_line(error)})") from None
+        self._set_prompting(prompt_template, chat_template, tokenizer, n_test)
         self.name, self.seed, self.tests = name, seed, tests
         self.max_completion_tokens = max_completion_tokens
-        self.prompt_template, self.chat_template, self.tokenizer = prompt_template, chat_template, tokenizer
         problems, self.data_hash = load_rows(data_files, dataset)
         if not 0 <= n_train < len(problems):
             raise ConfigError(f"task.n_train={n_train}: expected 0..{len(problems) - 1} ({len(problems)} tasks)")
@@ -305,10 +288,7 @@ class MbppPlusTask(Task):
         test = sorted(order[n_train:], key=lambda t: int(t.split("/")[-1]))
         self._test = [by_id[t] for t in test][:n_test]
         self.problems = by_id
-        self.sandbox = Sandbox(SandboxConfig(
-            mode=sandbox, workers=sandbox_workers, test_timeout_s=test_timeout_s,
-            completion_timeout_s=completion_timeout_s, cpu_s=completion_timeout_s, memory_mb=memory_mb,
-        ))
+        self.sandbox = open_sandbox(sandbox, sandbox_workers, test_timeout_s, completion_timeout_s, memory_mb)
         try:
             self.expected, self.unusable = self._expected_outputs(Path(cache_dir))
         except BaseException:
@@ -349,13 +329,6 @@ class MbppPlusTask(Task):
         tmp.replace(path)
         return expected, unusable
 
-    def prompt(self, problem: Problem) -> str:
-        text = self.prompt_template.format(problem=problem.prompt.strip(), entry_point=problem.entry_point)
-        if not self.chat_template:
-            return text
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
-
     def example(self, problem: Problem) -> Example:
         return Example(
             prompt=self.prompt(problem),
@@ -379,21 +352,8 @@ class MbppPlusTask(Task):
         return [self.example(p) for p in self._test]
 
     # --- grading ---
-    def grade(self, completions: list[str], examples: list[Example]) -> list[Grade]:
-        """All completions in one sandbox run; a completion without a code block scores 0 unrun."""
-        jobs, slots = [], []
-        for i, (completion, example) in enumerate(zip(completions, examples)):
-            problem = self.problems.get(example.meta)
-            code = extract_code(completion) if isinstance(completion, str) else None
-            if problem is None or code is None or problem.task_id not in self.expected:
-                continue
-            jobs.append(self.program(code, problem))
-            slots.append(i)
-        grades = [Grade(0.0, False)] * len(completions)
-        for i, outcome in zip(slots, self.sandbox.run(jobs)):
-            ok = self.passes(outcome, self.problems[examples[i].meta])
-            grades[i] = Grade(float(ok), ok)
-        return grades
+    def gradable(self, problem: Problem) -> bool:
+        return problem.task_id in self.expected  # a task whose canonical solution does not run scores 0
 
     def passes(self, outcome: Outcome, problem: Problem) -> bool:
         """Whether a candidate's outcome matches the canonical outputs (in this process, decoded)."""
@@ -409,21 +369,5 @@ class MbppPlusTask(Task):
         return outputs_match(problem.entry_point, self.inputs(problem), outputs,
                              [decode(v) for v in expected], problem.atol)
 
-    def score(self, completion: str, example: Example) -> float:
-        return self.grade([completion], [example])[0].reward
-
-    def is_correct(self, completion: str, example: Example) -> bool:
-        return self.grade([completion], [example])[0].correct
-
-    def alphabet(self) -> str:
-        """Printable ASCII: the embedded model's character tokenizer can read MBPP+ (it scores 0 there;
-        real runs use a hub model's tokenizer)."""
-        import string
-
-        return string.printable
-
     def cache_key(self) -> dict[str, Any]:
         return {"name": self.name, "seed": self.seed, "data": self.data_hash[:16]}
-
-    def close(self) -> None:
-        self.sandbox.close()
