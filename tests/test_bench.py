@@ -20,6 +20,7 @@ def load_bench():
     return bench
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_quick_bench_writes_every_output(tmp_path: Path) -> None:
     bench = load_bench()
@@ -53,6 +54,7 @@ def test_quick_bench_writes_every_output(tmp_path: Path) -> None:
         assert r["mbppplus_canonical_per_s"] == "" or float(r["mbppplus_canonical_per_s"]) > 0
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_shape_mode_times_a_random_model_of_the_named_shape(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--shape qwen2.5-0.5b builds the model from conf/model/qwen2.5-0.5b-shape.yaml (random weights, no hub) and

@@ -94,6 +94,7 @@ def test_one_process_is_the_identity():
     assert p.shard(items) is items and p.sum([1.5, 2]) == [1.5, 2] and p.micro_batches(3, sync=True) == 3
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path: Path):
     spec = tmp_path / "spec.json"
@@ -133,6 +134,7 @@ def test_two_processes_match_one_process(tmp_path: Path):
     assert empty_backwards > 0, "no process ever ran an empty micro-batch: the uneven case is not covered"
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_accelerate_launch_train_py_writes_one_run_folder(tmp_path: Path):
     """The real entry point: one run folder (process 0's), every step logged once, a checkpoint.
@@ -158,6 +160,7 @@ def test_accelerate_launch_train_py_writes_one_run_folder(tmp_path: Path):
     assert done.stdout.count("held-out greedy acc") == 1  # one summary table, from process 0
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_sigterm_to_the_job_stops_every_process_cleanly_and_the_run_resumes(tmp_path: Path):
     """A scheduler's preemption (SIGTERM to the whole job) under accelerate launch: every process

@@ -104,6 +104,7 @@ def test_code_experiments_evaluate_and_filter_as_the_paper(experiment):
     assert compose(f"experiment={experiment}", "arm=dash").filter.enabled
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_smoke_multirun(experiment, tmp_path):

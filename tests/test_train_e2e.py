@@ -68,6 +68,7 @@ def test_kl_off_never_loads_the_reference(tmp_path):
     assert Trainer(compose("debug=true", "logger=none", "kl=on"), tmp_path / "on").reference is not None
 
 
+@pytest.mark.heavy
 def test_multirun_over_all_16_arms(tmp_path):
     proc = subprocess.run(
         [sys.executable, "train.py", "-m", "algorithm=sft,grpo,ppo,dash", "kl=on,off", "filter=on,off",
