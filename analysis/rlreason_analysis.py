@@ -628,6 +628,17 @@ def pass_at_k_columns(runs: pd.DataFrame, task: str | None = None, prefix: str =
     return dict(sorted(found.items()))
 
 
+def pass_at_k_tasks(runs: pd.DataFrame) -> list[str | None]:
+    """The evaluation tasks with pass@k in the runs' final evaluations: None (the training task's
+    own test split) first if it has them, then each extra eval.tasks entry by name."""
+    tasks = set()
+    for column in runs.columns:
+        match = re.fullmatch(r"final/(?:(.+)/)?pass@\d+", str(column))
+        if match:
+            tasks.add(match.group(1))
+    return sorted(tasks, key=lambda t: (t is not None, t or ""))
+
+
 def pass_at_k_table(sweep: Sweep, task: str | None = None) -> pd.DataFrame:
     """pass@k against k for the base model and each arm, over seeds: the base model from every run's
     step-0 evaluation (base/pass@k; per seed the mean of its runs, as in the accuracy table's base

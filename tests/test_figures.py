@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
@@ -253,3 +254,36 @@ def test_pass_at_k_experiment_composes_with_the_papers_k_and_a_debug_version():
     from test_sweeps import EXPERIMENTS  # the list every experiment test runs over
 
     assert "pass_at_k" in EXPERIMENTS
+
+
+# ---------------------------------------------------------------- the report
+@pytest.mark.slow
+def test_make_report_draws_each_experiments_paper_figure_and_pass_at_k_again_from_runs_csv(tmp_path):
+    """make analysis on one `make sweep` folder of the three experiments: Figure 4 for
+    ppo_equal_time, 6b for kl_on_off, 5 for pass_at_k, with their tables; from the report's
+    runs.csv (no curves) only the pass@k figure, the same table; --figures all adds the others."""
+    from make_report import make_report
+
+    root = tmp_path / "multirun"
+    ppo_equal_time_sweep(root / "ppo_equal_time")
+    pass_at_k_sweep(root / "pass_at_k")
+    kl = [{"arm": arm, "seed": s, "train": train_rows([1, 2, 3], [0.5, 0.6, 0.7], [40.0 + s, 42.0, 44.0 - 4 * (arm == "dash_no_kl")])}
+          for s in range(2) for arm in ("dash", "dash_no_kl")]
+    write_sweep(root / "kl_on_off", "kl_on_off", kl)
+    report = make_report(root, tmp_path / "report")
+    figures = {p.stem for p in (report / "figures").glob("*.png")}
+    assert {"ppo_equal_time_reward_over_time", "kl_on_off_length_over_training", "pass_at_k_pass_at_k"} <= figures
+    assert "ppo_equal_time_length_over_training" not in figures and "kl_on_off_reward_over_time" not in figures
+    grid = pd.read_csv(report / "tables" / "ppo_equal_time_curve_grid_reward_mean.csv")
+    assert list(grid["arm"].unique()) == ["algorithm=dash", "algorithm=ppo", "algorithm=ppo_mini"] and (grid["n"] == 3).all()
+    index = (report / "README.md").read_text()
+    assert "figures/pass_at_k_pass_at_k.png" in index and "## pass_at_k_pass_at_k" in index
+    again = make_report(report / "runs.csv", tmp_path / "again")
+    assert {p.stem for p in (again / "figures").glob("*.png")} >= {"pass_at_k_pass_at_k"}
+    assert not any("reward_over_time" in p.name or "length_over_training" in p.name for p in (again / "figures").iterdir())
+    assert (again / "tables" / "pass_at_k_pass_at_k.csv").read_text() == (report / "tables" / "pass_at_k_pass_at_k.csv").read_text()
+    every = make_report(root / "ppo_equal_time", tmp_path / "every", figures="all", band="minmax")
+    assert {p.stem for p in (every / "figures").glob("*.png")} >= {"ppo_equal_time_reward_over_time",
+                                                                   "ppo_equal_time_length_over_training"}
+    with pytest.raises(ValueError, match="band 'std'"):
+        make_report(root, tmp_path / "bad", band="std")
