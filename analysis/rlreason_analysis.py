@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 from scipy import stats as scipy_stats
@@ -547,6 +548,221 @@ def curve_summary(sweep: Sweep, metric: str, kind: str | None = None, by: str = 
     grouped = curves.groupby([by, "step"], sort=False)
     out = grouped.agg(mean=("value", "mean"), std=("value", "std"), n=("value", "count"), train_time_s=("train_time_s", "mean"))
     return out.reset_index()
+
+
+# ---------------------------------------------------------------- curves on a common grid, and the paper's figures
+# The seed-to-seed band the figures draw around the mean: "ci95", the 95% Student-t confidence
+# interval of the mean over seeds (mean_ci: none for a single seed), or "minmax", from the lowest to
+# the highest seed. The figure's title names the band.
+BANDS = {"ci95": "95% t-interval of the mean over seeds", "minmax": "min to max over seeds"}
+# The figures the report draws for an experiment: the paper's Figure 4 (training reward over
+# wall-clock, DASH vs PPO-Multi vs PPO-Mini), Figure 6b (response length over training, KL on and
+# off) and Figure 5 (pass@k against k for the base model, DASH and No-KL). make_report.py --figures
+# draws every kind for other experiments too.
+FIGURE_KINDS = ("reward_over_time", "length_over_training", "pass_at_k")
+PAPER_FIGURES = {
+    "ppo_equal_time": ("reward_over_time",),
+    "kl_on_off": ("length_over_training",),
+    "pass_at_k": ("pass_at_k",),
+}
+# The per-step training metric each curve figure draws.
+FIGURE_METRICS = {"reward_over_time": "reward/mean", "length_over_training": "completions/mean_length"}
+
+
+def grid_curve(sweep: Sweep, metric: str, kind: str | None = "train", x: str = "train_time_s", by: str = "arm",
+               points: int | None = 100, smooth: int = 1) -> pd.DataFrame:
+    """The mean over seeds of ``metric`` against ``x`` ("train_time_s": training time reached, or
+    "step") on a common grid, per ``by`` (the arm), with its spread over seeds. Each completed run's
+    curve (after a trailing mean over ``smooth`` steps, 1: none) is linearly interpolated onto the
+    grid, which spans the range of x that every run of the group covers (from the latest first point
+    to the earliest last one), so every grid point averages all the group's runs and nothing is
+    extrapolated: ``points`` evenly spaced values, or (None) the runs' own x values in that range
+    (for steps: the steps they log). One row per (group, grid point): ``by``, ``x``, ``mean``,
+    ``ci95`` (half-width of the 95% t interval, NaN for one run), ``low``/``high`` (mean ∓ ci95),
+    ``min``/``max`` over the runs and ``n`` (runs). Groups in sweep order; failed runs left out."""
+    if smooth < 1:
+        raise ValueError(f"smooth={smooth}: a trailing mean over at least 1 step")
+    columns = [by, x, "mean", "ci95", "low", "high", "min", "max", "n"]
+    curves = sweep.curves[sweep.curves["metric"] == metric]
+    if kind:
+        curves = curves[curves["kind"] == kind]
+    runs = sweep.completed
+    curves = curves.merge(runs[["run", by]], on="run")
+    out = []
+    for group in pd.unique(runs[by]):
+        series = []
+        for _, curve in curves[curves[by] == group].groupby("run", sort=False):
+            curve = curve.dropna(subset=[x, "value"]).sort_values([x, "step"])
+            if curve.empty:
+                continue
+            values = curve["value"].rolling(smooth, min_periods=1).mean()
+            series.append((curve[x].to_numpy(float), values.to_numpy(float)))
+        if not series:
+            continue
+        start, end = max(xs[0] for xs, _ in series), min(xs[-1] for xs, _ in series)
+        if start > end:
+            warnings.warn(f"{sweep.name}: the runs of {group} share no range of {x}; left out of the {metric} curve", stacklevel=2)
+            continue
+        if points is None:
+            grid = np.unique(np.concatenate([xs for xs, _ in series]))
+            grid = grid[(grid >= start) & (grid <= end)]
+        else:
+            grid = np.linspace(start, end, points) if end > start else np.array([start])
+        matrix = np.vstack([np.interp(grid, xs, ys) for xs, ys in series])
+        for i, point in enumerate(grid):
+            mean, half, n = mean_ci(matrix[:, i])
+            out.append({by: group, x: float(point), "mean": mean, "ci95": half, "low": mean - half, "high": mean + half,
+                        "min": float(matrix[:, i].min()), "max": float(matrix[:, i].max()), "n": n})
+    return pd.DataFrame(out, columns=columns)
+
+
+def pass_at_k_columns(runs: pd.DataFrame, task: str | None = None, prefix: str = "final") -> dict[int, str]:
+    """k -> the column ``{prefix}/pass@k`` (the training task's; ``task``: ``{prefix}/{task}/pass@k``),
+    sorted by k: the eval.pass_k the runs evaluated."""
+    stem = f"{prefix}/{task}/" if task else f"{prefix}/"
+    found = {}
+    for column in runs.columns:
+        match = re.fullmatch(re.escape(stem) + r"pass@(\d+)", str(column))
+        if match:
+            found[int(match.group(1))] = column
+    return dict(sorted(found.items()))
+
+
+def pass_at_k_tasks(runs: pd.DataFrame) -> list[str | None]:
+    """The evaluation tasks with pass@k in the runs' final evaluations: None (the training task's
+    own test split) first if it has them, then each extra eval.tasks entry by name."""
+    tasks = set()
+    for column in runs.columns:
+        match = re.fullmatch(r"final/(?:(.+)/)?pass@\d+", str(column))
+        if match:
+            tasks.add(match.group(1))
+    return sorted(tasks, key=lambda t: (t is not None, t or ""))
+
+
+def pass_at_k_table(sweep: Sweep, task: str | None = None) -> pd.DataFrame:
+    """pass@k against k for the base model and each arm, over seeds: the base model from every run's
+    step-0 evaluation (base/pass@k; per seed the mean of its runs, as in the accuracy table's base
+    row), each arm from its completed runs' final evaluation (final/pass@k; per seed). One row per
+    (series, k): ``series`` ("base (step 0)" or the arm), ``paper_method``, ``k``, ``mean``, ``ci95``,
+    ``low``/``high``, ``min``/``max``, ``n`` (seeds). Empty when the runs evaluated no pass@k."""
+    columns = ["series", "paper_method", "k", "mean", "ci95", "low", "high", "min", "max", "n"]
+    final = pass_at_k_columns(sweep.runs, task)
+    base = pass_at_k_columns(sweep.runs, task, prefix="base")
+    done = sweep.completed
+    rows = []
+
+    def add(series: str, method: Any, k: int, values: pd.Series) -> None:
+        values = pd.to_numeric(values, errors="coerce").dropna()
+        mean, half, n = mean_ci(values)
+        rows.append({"series": series, "paper_method": method, "k": k, "mean": mean, "ci95": half, "low": mean - half,
+                     "high": mean + half, "min": values.min() if n else math.nan, "max": values.max() if n else math.nan, "n": n})
+
+    if not done.empty:
+        for k, column in base.items():
+            add("base (step 0)", "Base", k, pd.to_numeric(done[column], errors="coerce").groupby(done["seed"]).mean())
+    for arm in pd.unique(sweep.runs["arm"]):
+        method = sweep.runs.loc[sweep.runs["arm"] == arm, "paper_method"].iloc[0]
+        for k, column in final.items():
+            add(str(arm), method, k, per_seed(sweep, arm, column))
+    table = pd.DataFrame(rows, columns=columns)
+    return table[table["n"] > 0].reset_index(drop=True)
+
+
+def series_labels(sweep: Sweep) -> dict[str, str]:
+    """Legend labels for the arms: the paper's method names where every arm has its own one
+    (DASH, PPO-Multi, PPO-Mini), else the arm labels (``kl=on``)."""
+    arms = list(pd.unique(sweep.runs["arm"]))
+    methods = [sweep.runs.loc[sweep.runs["arm"] == a, "paper_method"].iloc[0] for a in arms]
+    if all(isinstance(m, str) for m in methods) and len(set(methods)) == len(methods):
+        return {a: m for a, m in zip(arms, methods)}
+    return {a: a for a in arms}
+
+
+def band_figure(table: pd.DataFrame, x: str, by: str, band: str = "ci95", labels: Mapping[str, str] | None = None,
+                xlabel: str | None = None, ylabel: str = "", title: str = "", ax: Any = None) -> Any:
+    """One line per ``by`` value of ``table`` (``grid_curve`` or ``pass_at_k_table``: mean against
+    ``x``) with its band (``band``: "ci95" low..high, "minmax" min..max, BANDS) shaded; returns the
+    Figure (drawn on ``ax`` if given)."""
+    import matplotlib.pyplot as plt
+
+    if band not in BANDS:
+        raise ValueError(f"band={band!r}: one of {', '.join(BANDS)}")
+    lower, upper = ("low", "high") if band == "ci95" else ("min", "max")
+    if ax is None:
+        figure, ax = plt.subplots(figsize=(6.4, 4.0))
+    else:
+        figure = ax.figure
+    labels = labels or {}
+    for value in pd.unique(table[by]):
+        part = table[table[by] == value].sort_values(x)
+        (line,) = ax.plot(part[x], part["mean"], marker="o" if len(part) <= 16 else None, ms=3,
+                          label=labels.get(value, str(value)))
+        ax.fill_between(part[x], part[lower], part[upper], color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    if len(table):
+        ax.legend(fontsize=8)
+    return figure
+
+
+def curve_figure(sweep: Sweep, metric: str, kind: str | None = "train", x: str = "train_time_s", band: str = "ci95",
+                 points: int | None = 100, smooth: int = 1, ylabel: str | None = None, ax: Any = None) -> Any:
+    """``metric`` against ``x`` per arm (``grid_curve``: mean over seeds on a common grid) with the
+    seed-to-seed band; any experiment's arms. Returns the Figure."""
+    table = grid_curve(sweep, metric, kind, x, "arm", points, smooth)
+    smoothing = f", trailing mean over {smooth} steps" if smooth > 1 else ""
+    title = f"{sweep.name}: {metric}, mean over seeds{smoothing} (band: {BANDS.get(band, band)})"
+    xlabel = "training time (s, evaluation excluded)" if x == "train_time_s" else "optimizer step" if x == "step" else x
+    return band_figure(table, x, "arm", band, series_labels(sweep), xlabel, ylabel or metric, title, ax)
+
+
+def reward_over_time_figure(sweep: Sweep, band: str = "ci95", points: int = 100, smooth: int = 1, ax: Any = None) -> Any:
+    """The paper's Figure 4: training reward (reward/mean per step) against training time per arm
+    (DASH, PPO-Multi, PPO-Mini in ppo_equal_time), the mean over seeds on a common time grid."""
+    return curve_figure(sweep, "reward/mean", "train", "train_time_s", band, points, smooth, "training reward", ax)
+
+
+def length_over_training_figure(sweep: Sweep, band: str = "ci95", smooth: int = 1, ax: Any = None) -> Any:
+    """The paper's Figure 6b: mean length (tokens) of the training samples (completions/mean_length)
+    against the optimizer step per arm (KL on and off in kl_on_off), mean over seeds."""
+    return curve_figure(sweep, "completions/mean_length", "train", "step", band, None, smooth,
+                        "response length (tokens), training samples", ax)
+
+
+def pass_at_k_figure(sweep: Sweep, band: str = "ci95", task: str | None = None, ax: Any = None) -> Any:
+    """The paper's Figure 5: pass@k against k (log2 axis) for the base model (step 0) and each arm
+    at the end of training, mean over seeds with the band (``pass_at_k_table``)."""
+    table = pass_at_k_table(sweep, task)
+    labels = {"base (step 0)": "base (step 0)", **series_labels(sweep)}
+    where = f"{task} " if task else ""
+    title = f"{sweep.name}: {where}pass@k, mean over seeds (band: {BANDS.get(band, band)})"
+    figure = band_figure(table, "k", "series", band, labels, "k (samples per problem)", "pass@k", title, ax)
+    axes = figure.axes[0] if ax is None else ax
+    axes.set_xscale("log", base=2)
+    ks = sorted(table["k"].unique())
+    if ks:
+        axes.set_xticks(ks, [str(k) for k in ks])
+    return figure
+
+
+def figures_for(sweep: Sweep, asked: str | Iterable[str] = "") -> list[str]:
+    """The figure kinds (FIGURE_KINDS) the report draws for ``sweep``: its experiment's paper
+    figures (PAPER_FIGURES), or every kind if the experiment is ``asked`` for (names, comma-separated,
+    or "all"); only the kinds its data can draw: a curve needs its metric (FIGURE_METRICS) in the
+    training curves (metrics.jsonl, not in a runs.csv), pass@k needs runs that evaluated it."""
+    names = [a.strip() for a in (asked.split(",") if isinstance(asked, str) else asked) if a.strip()]
+    kinds = FIGURE_KINDS if "all" in names or sweep.name in names else PAPER_FIGURES.get(sweep.name, ())
+    train_metrics = set(sweep.curves.loc[sweep.curves["kind"] == "train", "metric"])
+    drawable = []
+    for kind in kinds:
+        if kind == "pass_at_k":
+            if pass_at_k_columns(sweep.runs):
+                drawable.append(kind)
+        elif FIGURE_METRICS[kind] in train_metrics:
+            drawable.append(kind)
+    return drawable
 
 
 def format_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:

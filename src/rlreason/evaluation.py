@@ -65,7 +65,11 @@ class Evaluator:
         metrics, shown = evaluate_task(self.sampler, self.task, examples, self.cfg.eval, self.parallel, "eval",
                                        self.cfg.logger.log_completions)
         for name, task in self.eval_tasks.items():
-            extra, _ = evaluate_task(self.sampler, task, task.test_examples(), self.cfg.eval, self.parallel, f"eval/{name}")
+            extra_examples = task.test_examples()
+            n_test = self.cfg.eval.tasks[name].get("n_test")  # each extra task's own first-n cap
+            if n_test:
+                extra_examples = extra_examples[:n_test]
+            extra, _ = evaluate_task(self.sampler, task, extra_examples, self.cfg.eval, self.parallel, f"eval/{name}")
             metrics.update(extra)
         metrics["eval/time_s"] = time.perf_counter() - start
         return metrics, shown
