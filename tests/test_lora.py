@@ -1,5 +1,6 @@
-"""LoRA groundwork: adapters via peft, a clear error for a bad target name, and the base model as the
-reference by disabling the adapters (no second copy of the weights)."""
+"""LoRA (model.lora): adapters via peft, a clear error for a bad target name, the base model as the KL
+reference by disabling the adapters (no second model loaded), merged weights for vLLM and the merged export,
+exact resume of the adapter, and (heavy) the default run's gain against the full fine-tune's."""
 
 import copy
 
@@ -142,7 +143,6 @@ def _models_alive() -> int:
     return sum(isinstance(o, PreTrainedModel) and isinstance(o, GenerationMixin) for o in gc.get_objects())
 
 
-@pytest.mark.slow
 def test_a_lora_run_with_kl_on_loads_no_second_model(tmp_path, monkeypatch):
     from conftest import compose
     from rlreason import trainer as trainer_module
@@ -168,7 +168,6 @@ def test_a_lora_run_with_kl_on_loads_no_second_model(tmp_path, monkeypatch):
     assert all(not p.requires_grad for n, p in lora.policy.named_parameters() if "lora_" not in n)
 
 
-@pytest.mark.slow
 def test_the_reference_logprobs_are_the_base_models_before_and_after_training(tmp_path):
     from conftest import compose
     from rlreason.modeling import load_model

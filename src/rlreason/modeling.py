@@ -249,6 +249,10 @@ class AdaptersOffReference:
 
 def is_lora(model: Any) -> bool:
     """A peft model (``model.lora.rank`` > 0), under any DDP/accelerate wrapper."""
+    import sys
+
+    if "peft" not in sys.modules:  # nothing made a peft model: full fine-tunes never import it
+        return False
     from peft import PeftModel
 
     return isinstance(unwrap_model(model), PeftModel)
