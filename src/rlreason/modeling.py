@@ -339,10 +339,13 @@ def export_merged(model: Any, tokenizer: Any, target: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     inner = unwrap_model(model)
     base = inner.get_base_model() if is_lora(inner) else inner
-    base.save_pretrained(tmp, state_dict=merged_state_dict(inner))
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    try:
+        base.save_pretrained(tmp, state_dict=merged_state_dict(inner))
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
