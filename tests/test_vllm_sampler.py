@@ -252,3 +252,23 @@ def test_training_with_sampler_vllm_syncs_after_every_optimizer_step(tmp_path):
     # pushed lazily: once per sampling phase that follows a sync (PPO's 2 updates per step push once)
     assert trainer.sampler.pushes <= 1 + 3 + 1 < trainer.sampler.syncs
     assert 0.0 <= summary["final/greedy_acc"] <= 1.0
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_VLLM, reason="vLLM is not installed here (make test-vllm installs it and runs these)")
+def test_a_lora_policy_is_pushed_as_merged_weights_and_the_push_check_holds(tmp_path):
+    """With model.lora.rank > 0 the engine gets the adapters merged into the base weights, under the base
+    model's names: after training moves the adapters, the push check (engine vs policy log-probs) still holds.
+    Not run where this was written (no vLLM there)."""
+    from rlreason.trainer import Trainer
+
+    cfg = compose("debug=true", *MODEL_OVERRIDES, "sampler=vllm", "algorithm=grpo", "logger=none", "kl=on",
+                  "filter=off", "model.lora.rank=8", "optim.lr=1e-2", "trainer.steps=3", "task.digits=1",
+                  "task.n_test_problems=16", "model.warm_start.steps=10", "model.warm_start.batch_size=16",
+                  f"cache_dir={tmp_path / 'cache'}")
+    trainer = Trainer(cfg, tmp_path / "run")
+    summary = trainer.fit()
+    assert summary["status"] == "completed" and trainer.sampler.pushes >= 2
+    out = trainer.sampler.generate(PROMPTS, n=1, return_logprobs=True)  # verifies the last push, or raises
+    assert _max_gap(trainer.policy, out, trainer.tokenizer.pad_token_id) < LOGPROB_ATOL

@@ -86,6 +86,18 @@ class WarmStartConfig:
     lr: float = 1e-3
 
 
+# The linear layers of a Qwen2 block (the embedded model's and Qwen2.5's names).
+QWEN2_LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoRAConfig:
+    rank: int = 0  # adapter rank r; 0: no LoRA, the whole model trains
+    alpha: float = 16.0  # the adapter's output is scaled by alpha / rank
+    dropout: float = 0.0  # dropout on the adapter's input
+    target_modules: list[str] = field(default_factory=lambda: list(QWEN2_LINEAR_LAYERS))  # module names to adapt
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING
@@ -102,6 +114,7 @@ class ModelConfig:
     max_position_embeddings: int = 128
     vocab_size: Optional[int] = None
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # LoRA adapters (peft); rank 0: off
 
 
 @dataclass
@@ -175,6 +188,7 @@ class CheckpointConfig:
     every: int = 0
     keep: int = 2
     save_final: bool = True
+    merged_export: bool = False  # at the end, also write run_dir/merged: a full model (LoRA merged into the base)
 
 
 @dataclass
@@ -336,6 +350,10 @@ def validate(cfg: DictConfig, world_size: int = 1) -> None:
     need(cfg.logger.init_timeout_s > 0, f"logger.init_timeout_s={cfg.logger.init_timeout_s} must be > 0")
     if cfg.model.name_or_path:
         resolve_model_path(cfg.model.name_or_path)  # here, so a typo fails before the slow imports
+    lora = cfg.model.lora
+    need(lora.rank >= 0, f"model.lora.rank={lora.rank} must be >= 0 (0: no LoRA)")
+    need(lora.alpha > 0, f"model.lora.alpha={lora.alpha} must be > 0")
+    need(0 <= lora.dropout < 1, f"model.lora.dropout={lora.dropout} must be in [0, 1)")
     need(cfg.kl.beta >= 0, f"kl.beta={cfg.kl.beta} must be >= 0")
     need(cfg.filter.threshold >= 0, f"filter.threshold={cfg.filter.threshold} must be >= 0")
     need(cfg.sampler.temperature > 0, f"sampler.temperature={cfg.sampler.temperature} must be > 0")

@@ -21,6 +21,7 @@ import torch
 from rlreason.batching import make_batch, token_logprobs
 from rlreason.distributed import Parallel
 from rlreason.loss_agg import LossAggregation, UpdateShape
+from rlreason.modeling import Reference
 from rlreason.rl import LossStats, policy_loss
 
 log = logging.getLogger(__name__)
@@ -123,10 +124,12 @@ class Learner:
     """Back-propagates rows into the policy and applies the optimizer.
 
     ``train_model`` is what forwards go through (the DDP/DeepSpeed wrapper, or the policy itself),
-    set once ``Parallel.prepare`` has wrapped it. ``rl`` False (SFT): no KL and no importance ratio.
+    set once ``Parallel.prepare`` has wrapped it. ``reference`` (KL on) gives the reference log-probs: a frozen
+    copy of the base model, or the LoRA policy with its adapters disabled (``rlreason.modeling``); None: KL off.
+    ``rl`` False (SFT): no KL and no importance ratio.
     """
 
-    def __init__(self, cfg: Any, policy: torch.nn.Module, reference: torch.nn.Module | None, optimizer: Any, scheduler: Any,
+    def __init__(self, cfg: Any, policy: torch.nn.Module, reference: Reference | None, optimizer: Any, scheduler: Any,
                  sampler: Any, parallel: Parallel, tokenizer: Any, device: torch.device, loss_agg: LossAggregation, rl: bool):
         self.cfg, self.policy, self.reference = cfg, policy, reference
         self.optimizer, self.scheduler, self.sampler = optimizer, scheduler, sampler
@@ -161,7 +164,7 @@ class Learner:
             lengths = [len(rows.completion_ids[i]) for i in chunk]
             if self.reference is not None:
                 with timer.phase("reference"):
-                    ref_logp, _ = token_logprobs(self.reference, batch)
+                    ref_logp = self.reference.logprobs(batch)
                 ref.extend(ref_logp[j, :n].cpu() for j, n in enumerate(lengths))
             if need_old:
                 with timer.phase("forward_backward"):

@@ -17,13 +17,13 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from rlreason.batching import make_batch, token_logprobs
+from rlreason.batching import TokenBatch, make_batch, token_logprobs, unwrap_model
 from rlreason.config import resolve_model_path
 from rlreason.errors import ConfigError, ModelError, first_line
 from rlreason.rl import policy_loss
@@ -197,9 +197,14 @@ def load_policy(cfg: Any, task: Task, tokenizer: Any = None) -> tuple[Any, Any, 
     already loaded from the same path is reused."""
     path = base_model_path(cfg, task)
     tokenizer = tokenizer or load_tokenizer(path)
-    model = load_model(path, cfg.model)
+    model = apply_lora(load_model(path, cfg.model), cfg.model.lora)  # rank 0: the model itself
     model.train()
     return model, tokenizer, path
+
+
+def trainable_parameters(model: Any) -> list[torch.nn.Parameter]:
+    """What the optimizer updates: every parameter, or with LoRA only the adapters'."""
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def load_reference(path: str, model_cfg: Any, dtype: torch.dtype | None = None) -> Any:
@@ -211,6 +216,46 @@ def load_reference(path: str, model_cfg: Any, dtype: torch.dtype | None = None) 
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+class Reference(Protocol):
+    """The KL penalty's reference policy, as the learner sees it: log-probs of a batch's completion tokens
+    ([B, C], no gradient). The learner never asks which kind it has."""
+
+    def logprobs(self, batch: TokenBatch) -> torch.Tensor: ...
+
+
+class FrozenReference:
+    """A frozen copy of the base model (``load_reference``), beside the policy."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    @torch.no_grad()
+    def logprobs(self, batch: TokenBatch) -> torch.Tensor:
+        return token_logprobs(self.model, batch)[0]
+
+
+class AdaptersOffReference:
+    """The LoRA policy with its adapters disabled, i.e. the base model: KL without a second copy of the weights."""
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+
+    def logprobs(self, batch: TokenBatch) -> torch.Tensor:
+        with reference_via_disabled_adapters(self.policy) as base:
+            return token_logprobs(base, batch)[0]
+
+
+def is_lora(model: Any) -> bool:
+    """A peft model (``model.lora.rank`` > 0), under any DDP/accelerate wrapper."""
+    import sys
+
+    if "peft" not in sys.modules:  # nothing made a peft model: full fine-tunes never import it
+        return False
+    from peft import PeftModel
+
+    return isinstance(unwrap_model(model), PeftModel)
 
 
 def _lora_setting(lora_cfg: Any, key: str, default: Any) -> Any:
@@ -233,6 +278,10 @@ def apply_lora(model: Any, lora_cfg: Any) -> Any:
         raise ConfigError(f"model.lora.target_modules {what}; its linear layers are: {', '.join(leaf_names)}")
     from peft import LoraConfig, get_peft_model
 
+    if any(getattr(m, "gradient_checkpointing", False) for m in model.modules()):
+        # The embeddings are frozen: without this, checkpointed blocks see inputs that need no gradient and
+        # the adapters inside them get none.
+        model.enable_input_require_grads()
     config = LoraConfig(r=rank, lora_alpha=float(_lora_setting(lora_cfg, "alpha", 2 * rank)),
                         lora_dropout=float(_lora_setting(lora_cfg, "dropout", 0.0)), target_modules=targets,
                         bias="none", task_type="CAUSAL_LM")
@@ -242,11 +291,78 @@ def apply_lora(model: Any, lora_cfg: Any) -> Any:
 @contextlib.contextmanager
 def reference_via_disabled_adapters(policy: Any) -> Iterator[Any]:
     """The LoRA policy with its adapters off, i.e. the base model: the KL reference without a second copy of
-    the weights. ``with reference_via_disabled_adapters(policy) as reference: token_logprobs(reference, batch)``."""
-    from rlreason.batching import unwrap_model
-
+    the weights, in eval mode as a frozen reference is, under no_grad; the policy's mode is restored after.
+    ``with reference_via_disabled_adapters(policy) as reference: token_logprobs(reference, batch)``."""
     inner = unwrap_model(policy)
     if not hasattr(inner, "disable_adapter"):
         raise ConfigError("the reference via disabled adapters needs a LoRA policy (model.lora.rank > 0)")
-    with inner.disable_adapter(), torch.no_grad():
-        yield policy
+    was_training = inner.training
+    inner.eval()
+    try:
+        with inner.disable_adapter(), torch.no_grad():
+            yield policy
+    finally:
+        inner.train(was_training)
+
+
+@torch.no_grad()
+def merged_state_dict(model: Any) -> dict[str, torch.Tensor]:
+    """The policy's weights under the base model's own names (what ``from_pretrained`` and vLLM read): the
+    state dict itself, or for a LoRA policy each adapted weight with its adapters merged in
+    (W + scale * B @ A, computed aside: the policy's own weights are not touched) and no adapter tensors."""
+    inner = unwrap_model(model)
+    if not is_lora(inner):
+        return inner.state_dict()
+    from peft.tuners.lora import LoraLayer
+
+    base = inner.get_base_model()
+    deltas: dict[str, torch.Tensor] = {}
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer) and not module.merged:
+            delta = sum(module.get_delta_weight(a) for a in module.active_adapters if a in module.lora_A)
+            if isinstance(delta, torch.Tensor):
+                deltas[f"{name}.weight"] = delta
+    out = {}
+    for key, tensor in base.state_dict().items():
+        if "lora_" in key:
+            continue
+        key = key.replace(".base_layer.", ".")
+        out[key] = (tensor + deltas[key].to(tensor.dtype)) if key in deltas else tensor
+    return out
+
+
+def export_merged(model: Any, tokenizer: Any, target: Path) -> Path:
+    """Write a full model (config, merged weights, tokenizer) to ``target``, loadable with ``from_pretrained``
+    (``model.name_or_path``, vLLM); written aside and renamed into place, so ``target`` is whole or absent."""
+    target = Path(target)
+    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    inner = unwrap_model(model)
+    base = inner.get_base_model() if is_lora(inner) else inner
+    try:
+        base.save_pretrained(tmp, state_dict=merged_state_dict(inner))
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_checkpoint_weights(policy: Any, path: Path, model_cfg: Any) -> None:
+    """Put a checkpoint's weights into ``policy``: with LoRA its adapter (exactly; the base weights are the
+    base model's, which the run's config fixes), otherwise the whole model."""
+    path = Path(path)
+    inner = unwrap_model(policy)
+    if not is_lora(inner):
+        policy.load_state_dict(load_model(str(path), model_cfg).state_dict())
+        return
+    from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+    if not (path / "adapter_config.json").exists():
+        raise ModelError(f"checkpoint {path} holds no LoRA adapter (adapter_config.json), but model.lora.rank > 0")
+    result = set_peft_model_state_dict(inner, load_peft_weights(str(path), device="cpu"))
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if missing or result.unexpected_keys:
+        raise ModelError(f"checkpoint {path}: the adapter does not fit this model (missing {missing[:3]}, "
+                         f"unexpected {list(result.unexpected_keys)[:3]})")

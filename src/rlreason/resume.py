@@ -15,7 +15,7 @@ from rlreason.checkpoint import checkpoint_step, latest_checkpoint, load_trainer
 from rlreason.config import resume_conflicts
 from rlreason.errors import ConfigError
 from rlreason.metrics import METRICS_FILE, read_metrics, truncate_metrics
-from rlreason.modeling import load_model
+from rlreason.modeling import load_checkpoint_weights
 
 if TYPE_CHECKING:
     from rlreason.trainer import Trainer
@@ -79,7 +79,7 @@ def restore(trainer: "Trainer", path: Path | None) -> str | None:
             truncate_metrics(run_dir, -1)
         return None
     state = load_trainer_state(path)
-    trainer.policy.load_state_dict(load_model(str(path), trainer.cfg.model).state_dict())
+    load_checkpoint_weights(trainer.policy, path, trainer.cfg.model)  # with LoRA: the adapter
     trainer.sampler.sync_weights(trainer.policy)
     trainer.learner.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])

@@ -31,7 +31,8 @@ from rlreason.errors import ConfigError, TrainingDiverged
 from rlreason.evaluation import Evaluator
 from rlreason.learner import Learner, PhaseTimer, StepTotals, peak_memory_gb
 from rlreason.metrics import MetricsWriter, NullWriter
-from rlreason.modeling import load_policy, load_reference, load_tokenizer
+from rlreason.modeling import (AdaptersOffReference, FrozenReference, Reference, export_merged, is_lora, load_policy,
+                               load_reference, load_tokenizer, trainable_parameters)
 from rlreason.progress import Progress
 from rlreason.provenance import run_provenance, save_run_config
 from rlreason.registry import resolve
@@ -76,10 +77,12 @@ class Trainer:
         with self.parallel.main_process_first():
             self.policy, self.tokenizer, self.base_path = load_policy(cfg, self.task, tokenizer=hub_tokenizer)
         self.device = next(self.policy.parameters()).device
-        self.reference = (load_reference(self.base_path, cfg.model, dtype=self.parallel.compute_dtype)
-                          if self.schedule.rl and cfg.kl.beta > 0 else None)
+        kl_on = self.schedule.rl and cfg.kl.beta > 0
+        # With LoRA the reference is the policy with its adapters disabled: no second model is loaded.
+        reference_model = (load_reference(self.base_path, cfg.model, dtype=self.parallel.compute_dtype)
+                           if kl_on and not is_lora(self.policy) else None)
         optimizer = torch.optim.AdamW(
-            self.policy.parameters(),
+            trainable_parameters(self.policy),  # with LoRA: the adapters only
             lr=cfg.optim.lr,
             betas=(cfg.optim.beta1, cfg.optim.beta2),
             weight_decay=cfg.optim.weight_decay,
@@ -93,11 +96,14 @@ class Trainer:
         self.evals: dict[int, dict[str, float]] = {}
         if self.parallel.device is not None:  # a GPU (this process's one under accelerate launch)
             self.device = self.parallel.device
-            for model in (self.policy, self.reference):
+            for model in (self.policy, reference_model):
                 if model is not None:
                     model.to(self.device)
-        if self.reference is not None:
-            self.reference = self.parallel.prepare_reference(self.reference)  # training dtype, same autocast
+        self.reference: Reference | None = None
+        if reference_model is not None:  # in the training dtype, under the same autocast
+            self.reference = FrozenReference(self.parallel.prepare_reference(reference_model))
+        elif kl_on:
+            self.reference = AdaptersOffReference(self.policy)
         # After the move: a vLLM engine takes its weights (and their fingerprint) from the policy where it trains.
         self.sampler = build_sampler(cfg.sampler, self.policy, self.tokenizer, model_path=self.base_path, seed=cfg.seed)
         self.learner = Learner(cfg, self.policy, self.reference, optimizer, self.scheduler, self.sampler, self.parallel,
@@ -164,6 +170,8 @@ class Trainer:
                         bar.note(self.step, evals[self.step])
                     if (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0) or (last and cfg.checkpoint.save_final):
                         self.save()
+            if cfg.checkpoint.merged_export and self.parallel.is_main:
+                log.info("merged model written to %s", export_merged(self.policy, self.tokenizer, self.run_dir / "merged"))
             status = "completed"
         finally:
             summary = self.summary(status, evals, time.perf_counter() - start)

@@ -7,7 +7,9 @@ is pushed from the policy:
 
 - ``sync_weights(policy)`` (the trainer calls it after every optimizer step) marks the engine's
   weights out of date; the next ``generate`` pushes once, so PPO's several updates per sampled
-  batch cost one push. A push streams ``policy.state_dict()`` into the engine through the worker's
+  batch cost one push. A push streams the policy's weights (``modeling.merged_state_dict``: the
+  state dict, or for a LoRA policy its adapters merged into the base weights, under the base
+  model's names) into the engine through the worker's
   ``reload_weights`` (vLLM's in-place reload: it maps checkpoint names onto vLLM's fused layers
   and redoes the post-load processing, e.g. the CPU build's packed weights), then clears the
   prefix cache, whose keys and values were computed with the old weights.
@@ -48,6 +50,7 @@ from typing import Any
 import torch
 
 from rlreason.errors import ConfigError
+from rlreason.modeling import merged_state_dict
 from rlreason.sampling import Completions, Sampler
 
 log = logging.getLogger(__name__)
@@ -223,9 +226,9 @@ class VLLMSampler(Sampler):
             _empty_cuda_cache()
             self.llm.wake_up(tags=["weights"])
             self.weights_awake = True
-        inner = _unwrapped(self.policy)
         with torch.no_grad():
-            weights = [(name, tensor.detach()) for name, tensor in inner.state_dict().items()]
+            # The base model's names; a LoRA policy's adapters merged into its weights (vLLM gets a plain model).
+            weights = [(name, tensor.detach()) for name, tensor in merged_state_dict(self.policy).items()]
             # The worker's in-place reload, run in this process: the tensors go by reference.
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()  # cached keys/values were computed with the old weights
