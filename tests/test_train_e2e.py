@@ -21,6 +21,7 @@ LEARNING = [
 ]
 
 
+@pytest.mark.heavy
 def test_dash_learns_on_the_embedded_task(tmp_path):
     summary = run(compose(*LEARNING), tmp_path)
     assert summary["status"] == "completed" and summary["steps"] == 16
