@@ -410,12 +410,17 @@ def paired_difference(arm: Mapping[Any, float] | pd.Series, reference: Mapping[A
     return PairedDifference(n=n, mean=mean, half_width=half, seeds=tuple(both.index))
 
 
+# Seeds paired at least, for a verdict other than inconclusive.
+MIN_PAIRS = 3
+
+
 def verdict(diff: PairedDifference, better: str | None = "higher") -> str:
     """"better" or "worse" only when the 95% interval of the paired difference excludes 0, else
-    "inconclusive"; "inconclusive (n=1)" (or n=0) with fewer than 2 pairs, whose interval is
-    undefined. ``better``: which sign is the better one ("higher": accuracy; "lower": time); None
-    for a metric with no better direction (length): "higher" or "lower" instead."""
-    if diff.n < 2:
+    "inconclusive"; "inconclusive (n=2)" (or fewer) with fewer than MIN_PAIRS pairs: one pair has no
+    interval, and two pairs that happen to differ by the same amount (accuracy moves in steps of
+    1/problems) give a zero-width one. ``better``: which sign is the better one ("higher": accuracy;
+    "lower": time); None for a metric with no better direction (length): "higher" or "lower" instead."""
+    if diff.n < MIN_PAIRS:
         return f"inconclusive (n={diff.n})"
     if better not in ("higher", "lower", None):
         raise ValueError(f"better must be 'higher', 'lower' or None, not {better!r}")

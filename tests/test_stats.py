@@ -119,6 +119,9 @@ def test_an_arm_compared_with_itself_and_a_single_pair_are_inconclusive():
     one = ra.paired_difference({0: 0.9}, {0: 0.1, 1: 0.2})  # a huge difference, but one pair: no interval
     assert one.n == 1 and ra.verdict(one) == "inconclusive (n=1)"
     assert ra.verdict(ra.paired_difference({0: 0.9}, {1: 0.1})) == "inconclusive (n=0)"
+    # Two seeds that differ by the same amount give a zero-width interval: still no verdict.
+    two = ra.paired_difference({0: 0.52, 1: 0.62}, {0: 0.50, 1: 0.60})
+    assert two.n == 2 and ra.verdict(two) == "inconclusive (n=2)"
     with pytest.raises(ValueError, match="one value per seed"):
         ra.paired_difference(pd.Series([1.0, 2.0], index=[0, 0]), {0: 1.0})
 
