@@ -150,9 +150,9 @@ def held_out_accuracy(sampler, task, cfg, greedy: bool, n: int = 1) -> float:
     pass@1 (the mean over ``n`` samples per problem at the training temperature)."""
     from omegaconf import OmegaConf
 
-    from rlreason.evaluation import evaluate_task
+    from rlreason.evaluation import evaluate_task, held_out
 
-    test = task.test_examples()[: cfg.task.n_test or None]
+    test = held_out(task, cfg.task)
     mode = OmegaConf.merge(cfg.eval, {"greedy": greedy, "sampled": not greedy, "samples_per_problem": n, "pass_k": []})
     metrics, _ = evaluate_task(sampler, task, test, mode)
     return metrics["eval/greedy_acc" if greedy else "eval/sampled_acc"]

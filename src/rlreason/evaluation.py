@@ -13,6 +13,11 @@ from rlreason.sampling import Completions
 from rlreason.tasks import Example
 
 
+def held_out(task: Any, task_cfg: Any) -> list[Example]:
+    """The task's held-out split, cut to its config's first ``n_test`` problems (null: all)."""
+    return task.test_examples()[: task_cfg.get("n_test") or None]
+
+
 def evaluate_task(sampler: Any, task: Any, examples: list[Example], eval_cfg: Any, parallel: Parallel | None = None,
                   prefix: str = "eval", shown_rows: int = 0) -> tuple[dict[str, float], list[tuple[str, str, float]]]:
     """``{prefix}/greedy_acc``, ``{prefix}/sampled_acc`` (the mean over ``eval.samples_per_problem``
@@ -59,17 +64,11 @@ class Evaluator:
     def evaluate(self) -> tuple[dict[str, float], list[tuple[str, str, float]]]:
         """The metrics, and the training task's completions to show."""
         start = time.perf_counter()
-        examples = self.task.test_examples()
-        if self.cfg.task.n_test:
-            examples = examples[: self.cfg.task.n_test]
-        metrics, shown = evaluate_task(self.sampler, self.task, examples, self.cfg.eval, self.parallel, "eval",
-                                       self.cfg.logger.log_completions)
+        metrics, shown = evaluate_task(self.sampler, self.task, held_out(self.task, self.cfg.task), self.cfg.eval,
+                                       self.parallel, "eval", self.cfg.logger.log_completions)
         for name, task in self.eval_tasks.items():
-            extra_examples = task.test_examples()
-            n_test = self.cfg.eval.tasks[name].get("n_test")  # each extra task's own first-n cap
-            if n_test:
-                extra_examples = extra_examples[:n_test]
-            extra, _ = evaluate_task(self.sampler, task, extra_examples, self.cfg.eval, self.parallel, f"eval/{name}")
+            extra, _ = evaluate_task(self.sampler, task, held_out(task, self.cfg.eval.tasks[name]), self.cfg.eval,
+                                     self.parallel, f"eval/{name}")
             metrics.update(extra)
         metrics["eval/time_s"] = time.perf_counter() - start
         return metrics, shown
