@@ -160,3 +160,16 @@ def test_every_named_arm_composes_validates_and_sets_its_algorithm(arm):
     cfg = compose(f"arm={arm}")
     validate(cfg)
     assert f"override /algorithm: {cfg.algorithm.name}" in text
+
+
+def test_resume_takes_an_option_added_since_the_run_at_its_default():
+    from rlreason.config import resume_conflicts
+
+    current = compose()
+    saved = OmegaConf.create(OmegaConf.to_container(current, resolve=True))
+    del saved.model["lora"]  # the run started before model.lora existed
+    assert resume_conflicts(saved, current) == []
+    changed = compose("model.lora.rank=8")
+    assert resume_conflicts(saved, changed) == ["model.lora.rank=8 here, 0 in the run"]
+    saved.optim.lr = 1.0  # a setting the run did have still counts
+    assert any(line.startswith("optim.lr=") for line in resume_conflicts(saved, current))

@@ -167,6 +167,20 @@ def test_resume_with_different_settings_is_refused(uninterrupted: Path) -> None:
         run(compose(*RUN, "logger=none", "resume=true", "seed=1"), uninterrupted)
 
 
+def test_a_refused_resume_keeps_a_completed_runs_summary(uninterrupted: Path, tmp_path: Path) -> None:
+    """In a resumed sweep, a job whose settings differ is refused; its finished run stays completed."""
+    import shutil
+
+    from rlreason.cli import run_and_report
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted, run_dir)
+    before = (run_dir / "summary.json").read_text()
+    assert run_and_report(compose(*RUN, "logger=none", "resume=true", "seed=1"), run_dir, multirun=True) is None
+    assert (run_dir / "summary.json").read_text() == before
+    assert "seed=1 here, 0 in the run" in (run_dir / "error.txt").read_text()
+
+
 def test_resuming_a_completed_run_skips_it_and_one_asking_for_more_steps_continues(uninterrupted: Path, tmp_path: Path) -> None:
     """A resumed sweep (`-m ... resume=true` with a fixed sweep folder) must not redo finished jobs:
     the job returns its summary without building a trainer, and its files stay as they were."""

@@ -227,8 +227,10 @@ def test_values_round_trip():
 
 
 def test_same_outcomes_with_one_and_two_workers(bwrap_sandbox, canary):
-    programs = [Program(source, "f", [[1], [5]]) for source in hostile_programs(canary, 1).values()
-                if "while True" not in source] + [GOOD] * 4
+    # Left out: the loops (their outcome is a timeout either way, and slow) and return_huge, whose outcome
+    # is a race by design (MemoryError, a timeout while encoding, or a crash: the load decides; CI saw two).
+    programs = [Program(source, "f", [[1], [5]]) for name, source in hostile_programs(canary, 1).items()
+                if "while True" not in source and name != "return_huge"] + [GOOD] * 4
     with Sandbox(SandboxConfig(mode="bwrap", workers=1, **LIMITS)) as one:
         assert one.run(programs) == bwrap_sandbox.run(programs)
 

@@ -112,12 +112,16 @@ def run_and_report(cfg: DictConfig, run_dir: Path, multirun: bool) -> float | No
 
 def _record_failure(run_dir: Path, details: str, error: str) -> None:
     """error.txt, and the failure in summary.json (keeping what a partial run already wrote).
-    Best effort: on a full disk the error line on stderr is the record."""
+    A completed run's summary stays as it is: a refused second attempt in its folder (say, a resume
+    with other settings) must not turn finished work into a failure. Best effort: on a full disk the
+    error line on stderr is the record."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / ERROR_FILE).write_text(details)
         path = run_dir / "summary.json"
         summary = json.loads(path.read_text()) if path.exists() else {}
+        if summary.get("status") == "completed":
+            return
         summary.update(status="failed", error=error)
         summary.setdefault("provenance", collect_provenance())  # a run that failed before the trainer wrote it
         path.write_text(json.dumps(summary, indent=2))

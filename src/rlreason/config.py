@@ -284,8 +284,16 @@ RUN_IDENTITY = ("algorithm", "kl", "filter", "task", "model", "optim", "sft", "s
 
 
 def resume_conflicts(saved: DictConfig, current: DictConfig) -> list[str]:
-    """Settings in RUN_IDENTITY where ``current`` differs from the run's ``saved`` config, one line each."""
+    """Settings in RUN_IDENTITY where ``current`` differs from the run's ``saved`` config, one line each.
+
+    A field the saved config lacks did not exist when the run started: it counts at its schema
+    default, so a run started before a new option was added can still be resumed (or skipped as
+    finished) while the option keeps its default."""
     old, new = (_leaves(OmegaConf.to_container(c, resolve=True)) for c in (saved, current))
+    defaults = _leaves(OmegaConf.to_container(OmegaConf.structured(Config), throw_on_missing=False))
+    for key in new.keys() - old.keys():
+        if key in defaults and defaults[key] != "???":
+            old[key] = defaults[key]
     keys = sorted(k for k in old.keys() | new.keys() if any(k == p or k.startswith(p + ".") for p in RUN_IDENTITY))
     return [f"{k}={new.get(k)!r} here, {old.get(k)!r} in the run" for k in keys if old.get(k) != new.get(k)]
 
