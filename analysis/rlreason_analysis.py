@@ -568,6 +568,7 @@ FIGURE_KINDS = ("reward_over_time", "length_over_training", "pass_at_k")
 PAPER_FIGURES = {
     "ppo_equal_time": ("reward_over_time",),
     "kl_on_off": ("length_over_training",),
+    "findings": ("length_over_training",),
     "pass_at_k": ("pass_at_k",),
 }
 # The per-step training metric each curve figure draws.
@@ -829,10 +830,12 @@ COMPARISON_METRICS: dict[str, str | None] = {
 # compares with its first arm in sweep order (the first of the experiment file's arm list):
 # kl_on_off DASH (KL on, as published), ppo_equal_time DASH, wall_clock GRPO,
 # generation_batch_size the smallest batch. sft_vs_rl lists SFT-H first, but the paper's claim
-# is about RL against SFT, so DASH is its reference; loss_variants and filter_vs_dynamic compare
+# is about RL against SFT, so DASH is its reference, as in findings (SFT, No-KL, GRPO and No-GF each
+# against DASH); loss_variants and filter_vs_dynamic compare
 # each update rule or sample selector with plain DASH (no KL, no filter), as their files say.
 REFERENCE_ARMS = {
     "sft_vs_rl": "dash",
+    "findings": "dash",
     "loss_variants": "dash_plain",
     "filter_vs_dynamic": "dash_plain",
 }
