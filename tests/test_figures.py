@@ -257,6 +257,7 @@ def test_pass_at_k_experiment_composes_with_the_papers_k_and_a_debug_version():
 
 
 # ---------------------------------------------------------------- the report
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_make_report_draws_each_experiments_paper_figure_and_pass_at_k_again_from_runs_csv(tmp_path):
     """make analysis on one `make sweep` folder of the three experiments: Figure 4 for

@@ -296,6 +296,7 @@ def test_a_csv_that_is_not_a_runs_csv_fails_with_one_line(tmp_path):
     assert proc.returncode == 1 and proc.stderr.strip() == f"error: no runs file {tmp_path / 'missing.csv'}"
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_make_report_from_runs_csv_writes_the_same_tables_as_from_the_sweep_folder(tmp_path):
     """make analysis on a sweep folder, then on the runs.csv it wrote: every table is the same
