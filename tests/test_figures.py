@@ -9,7 +9,6 @@ loader; the figures are real matplotlib figures (Agg, no display).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import yaml  # noqa: E402
 
 import rlreason_analysis as ra  # noqa: E402
 from conftest import CONF, compose  # noqa: E402
+from toy_sweep import run_config, write_job, write_multirun  # noqa: E402
 from rlreason.config import validate  # noqa: E402
 
 ARMS = {  # conf/arm file -> (algorithm, kl, filter)
@@ -35,29 +35,17 @@ ARMS = {  # conf/arm file -> (algorithm, kl, filter)
 
 
 def write_sweep(folder: Path, experiment: str, runs: list[dict]) -> Path:
-    """A sweep folder as Hydra's multirun writes it, one job per entry of ``runs``: arm, seed, the
-    per-step train metrics (``train``: rows of step, time/train_elapsed_s, reward/mean,
-    completions/mean_length), summary numbers (``numbers``) and optionally a status."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"experiment": experiment}}}}))
+    """A sweep folder, one job per entry of ``runs``: arm, seed, the per-step train metrics
+    (``train``: rows of step, time/train_elapsed_s, reward/mean, completions/mean_length), summary
+    numbers (``numbers``) and optionally a status."""
+    write_multirun(folder, experiment)
     for num, run in enumerate(runs):
         arm, seed = run["arm"], run["seed"]
-        algorithm, kl, filt = ARMS[arm]
-        job = folder / f"{num}_{arm}-seed_{seed}"
-        (job / ".hydra").mkdir(parents=True)
-        (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(
-            {"hydra": {"job": {"num": num}, "runtime": {"choices": {"experiment": experiment, "arm": arm}}}}))
-        config = {"algorithm": {"name": algorithm, "schedule": "preemptive", "generation_batch_size": None},
-                  "kl": {"name": kl}, "filter": {"name": filt}, "sft": {"source": "teacher"},
-                  "trainer": {"max_train_seconds": None}, "task": {"name": "arithmetic"}, "model": {"name": "tiny"},
-                  "seed": seed}
-        (job / "config.yaml").write_text(yaml.safe_dump(config))
         summary = {"status": run.get("status", "completed"), "seed": seed, "steps": len(run.get("train", [])),
                    **run.get("numbers", {})}
-        (job / "summary.json").write_text(json.dumps(summary))
         lines = [{"kind": "eval", "step": 0, "eval/greedy_acc": 0.1}]
         lines += [{"kind": "train", **row} for row in run.get("train", [])]
-        (job / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+        write_job(folder, num, experiment, arm, run_config(*ARMS[arm], seed), summary, lines)
     return folder
 
 

@@ -8,7 +8,6 @@ loaders; the end-to-end report on a trained sweep is in test_sweeps.py.
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import sys
@@ -17,10 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 import rlreason_analysis as ra
 from conftest import ROOT
+from toy_sweep import run_config, write_job, write_multirun
 
 PROVENANCE = {"commit": "a" * 40, "dirty": False, "torch": "2.13.0+cpu", "transformers": "5.24.0", "vllm": None,
               "trl": None, "math-verify": "0.9.0", "datasets": "5.2.0", "python": "3.11.7",
@@ -34,33 +33,24 @@ ARMS = {  # conf/arm file -> (algorithm, kl, filter)
 
 
 def write_sweep(folder: Path, experiment: str | None, runs: list[dict]) -> Path:
-    """A sweep folder as Hydra's multirun writes it: one job folder per entry of ``runs`` (arm,
-    seed, summary numbers; optional provenance changes and per-step train metrics), in job order."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"experiment": experiment}}}}))
+    """A sweep folder, one job per entry of ``runs`` (arm, seed, summary numbers; optional
+    provenance changes and per-step train metrics), in job order."""
+    write_multirun(folder, experiment)
     for num, run in enumerate(runs):
         arm, seed = run["arm"], run["seed"]
         algorithm, kl, filt = ARMS[arm]
-        job = folder / f"{num}_{arm}-seed_{seed}"
-        (job / ".hydra").mkdir(parents=True)
-        (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(
-            {"hydra": {"job": {"num": num}, "runtime": {"choices": {"experiment": experiment, "arm": arm}}}}))
-        config = {"algorithm": {"name": algorithm, "schedule": "preemptive", "generation_batch_size": None,
-                                "loss_agg": "seq_mean_token_sum_norm" if algorithm == "dr_grpo" else "seq_mean_token_mean",
-                                "advantage": "mean_only" if algorithm == "dr_grpo" else "grpo"},
-                  "kl": {"name": kl}, "filter": {"name": filt}, "sft": {"source": "teacher"},
-                  "trainer": {"max_train_seconds": None}, "task": {"name": "arithmetic"}, "model": {"name": "tiny"},
-                  "seed": seed, "provenance": {**PROVENANCE, **run.get("provenance", {})}}
-        (job / "config.yaml").write_text(yaml.safe_dump(config))
+        provenance = {**PROVENANCE, **run.get("provenance", {})}
+        config = run_config(algorithm, kl, filt, seed, provenance=provenance)
+        config["algorithm"].update(loss_agg="seq_mean_token_sum_norm" if algorithm == "dr_grpo" else "seq_mean_token_mean",
+                                   advantage="mean_only" if algorithm == "dr_grpo" else "grpo")
         summary = {"status": run.get("status", "completed"), "algorithm": algorithm, "kl": kl, "filter": filt, "seed": seed,
-                   "steps": 4, **run["numbers"], "provenance": {**PROVENANCE, **run.get("provenance", {})}}
-        (job / "summary.json").write_text(json.dumps(summary))
+                   "steps": 4, **run["numbers"], "provenance": provenance}
         lines = [{"kind": "eval", "step": 0, "eval/greedy_acc": summary.get("base/greedy_acc", 0.0)}]
         for step, length in enumerate(run.get("lengths", [10.0, 10.0, 10.0, 10.0]), start=1):
             lines.append({"kind": "train", "step": step, "completions/mean_length": length, "reward/mean": 0.5,
                           "throughput/sampling_tok_s": 100.0 * step, "time/sampling_s": 0.5 * step,
                           "time/train_elapsed_s": float(step)})
-        (job / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+        write_job(folder, num, experiment, arm, config, summary, lines)
     return folder
 
 
