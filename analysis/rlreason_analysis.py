@@ -256,6 +256,10 @@ CURVE_NUMBERS = {
     "train/final_mean_length": ("completions/mean_length", "tail"),
     "throughput/sampling_tok_s": ("throughput/sampling_tok_s", "steady"),
     "time/sampling_s": ("time/sampling_s", "steady"),
+    # How noisy training is (the paper's claim about PPO): the sd of the step-to-step change of the
+    # batch's mean reward. The batch's sampling noise is in it for every arm alike; a policy that
+    # jumps between updates adds to it.
+    "train/reward_roughness": ("reward/mean", "roughness"),
 }
 
 
@@ -266,7 +270,7 @@ def _runs_frame(rows: list[dict[str, Any]], curves: pd.DataFrame | None = None) 
     runs = runs.sort_values(["order", "run"], kind="stable").drop(columns="order").reset_index(drop=True)
     if curves is not None and not curves.empty:
         for column, (metric, how) in CURVE_NUMBERS.items():
-            reduce = _tail_mean if how == "tail" else _steady_mean
+            reduce = {"tail": _tail_mean, "steady": _steady_mean, "roughness": _roughness}[how]
             runs[column] = [reduce(curves, r, metric) for r in runs["run"]]
     return _label_arms(_drop_empty(runs))
 
@@ -506,6 +510,12 @@ def _tail_mean(curves: pd.DataFrame, run: str, metric: str, fraction: float = 0.
     if rows.empty:
         return math.nan
     return float(rows["value"].tail(max(1, math.ceil(len(rows) * fraction))).mean())
+
+
+def _roughness(curves: pd.DataFrame, run: str, metric: str) -> float:
+    rows = curves[(curves["run"] == run) & (curves["kind"] == "train") & (curves["metric"] == metric)].sort_values("step")
+    steps = rows["value"].diff().dropna()
+    return float(steps.std(ddof=1)) if len(steps) > 1 else math.nan
 
 
 def time_table(sweep: Sweep) -> pd.DataFrame:
@@ -825,6 +835,7 @@ COMPARISON_METRICS: dict[str, str | None] = {
     "final/greedy_mean_length": None,
     "final/sampled_mean_length": None,
     "train/final_mean_length": None,
+    "train/reward_roughness": None,
 }
 # The arm (its conf/arm file) each experiment compares the others with; an experiment not listed
 # compares with its first arm in sweep order (the first of the experiment file's arm list):
@@ -907,6 +918,144 @@ def comparison_table(sweep: Sweep, reference: str | None = None, metrics: Mappin
             rows.append(row)
     columns = [*keys, "reference", "metric", "better", "n_pairs", "reference_mean", "arm_mean", "difference mean",
                "difference ci95", "difference low", "difference high", "verdict"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+# ---------------------------------------------------------------- the paper's findings, as verdicts
+@dataclass(frozen=True)
+class Claim:
+    """One measurable part of a finding: ``arm - reference`` on ``metric`` in ``experiment``'s sweep
+    (arms named by their conf/arm file) goes the paper's way, ``sign`` ("higher" | "lower"). A metric
+    with ``*`` stands for each matching column (``final/*/greedy_acc``: every extra evaluation task).
+    Only ``primary`` claims decide the finding's verdict; the others are shown beside it."""
+
+    experiment: str
+    arm: str
+    reference: str
+    metric: str
+    sign: str
+    paper: str
+    primary: bool = True
+
+
+@dataclass(frozen=True)
+class Finding:
+    name: str
+    claims: tuple[Claim, ...]
+
+
+_DASH_SFT_H = "DASH 27.2 vs SFT-H 8.0 (MATH-500, 0.5B); 64.6 vs 24.0 (3B)"
+_DASH_SFT_M = "DASH 27.2 vs SFT-M 24.0 (MATH-500, 0.5B); 64.6 vs 53.0 (3B)"
+_MULTI = "PPO-Multi 28.8 vs DASH 27.2 (MATH-500, 0.5B); 54.0 vs 54.0 (1.5B)"
+_MINI = "PPO-Mini 29.8 vs DASH 27.2 (MATH-500, 0.5B); 36.0 vs 54.0 (1.5B)"
+_NO_KL = "No-KL 31.4 vs DASH 27.2 (MATH-500, 0.5B); 56.8 vs 54.0 (1.5B)"
+# The paper's four findings (analysis/paper_results.csv, and its figures for length and noise), each as
+# claims on the findings and ppo_equal_time sweeps (`make findings`). Accuracy is claimed for greedy and
+# sampled decoding alike (the paper reports one accuracy); the extra evaluation tasks (the OOD split,
+# the paper's GSM8K) are shown, not decisive.
+FINDINGS = (
+    Finding("1. On-policy RL beats SFT", (
+        Claim("findings", "dash", "sft_reference", "final/greedy_acc", "higher", _DASH_SFT_H),
+        Claim("findings", "dash", "sft_reference", "final/sampled_acc", "higher", _DASH_SFT_H),
+        Claim("findings", "dash", "sft_teacher", "final/greedy_acc", "higher", _DASH_SFT_M),
+        Claim("findings", "dash", "sft_teacher", "final/sampled_acc", "higher", _DASH_SFT_M),
+        Claim("findings", "dash", "sft_reference", "final/*/greedy_acc", "higher", "DASH 31.1 vs SFT-H 7.2 (GSM8K, 0.5B)", False),
+        Claim("findings", "dash", "sft_teacher", "final/*/greedy_acc", "higher", "DASH 31.1 vs SFT-M 22.7 (GSM8K, 0.5B)", False),
+    )),
+    Finding("2a. PPO-Multi at equal time: a little more accuracy, noisier training", (
+        Claim("ppo_equal_time", "ppo_multi", "dash", "final/greedy_acc", "higher", _MULTI),
+        Claim("ppo_equal_time", "ppo_multi", "dash", "final/sampled_acc", "higher", _MULTI),
+        Claim("ppo_equal_time", "ppo_multi", "dash", "train/reward_roughness", "higher", "noisier reward curves (Figure 4)"),
+        Claim("ppo_equal_time", "ppo_multi", "dash", "final/*/greedy_acc", "higher", "PPO-Multi 31.5 vs DASH 31.1 (GSM8K, 0.5B)", False),
+    )),
+    Finding("2b. PPO-Mini at equal time: a little more accuracy, noisier training", (
+        Claim("ppo_equal_time", "ppo_mini", "dash", "final/greedy_acc", "higher", _MINI),
+        Claim("ppo_equal_time", "ppo_mini", "dash", "final/sampled_acc", "higher", _MINI),
+        Claim("ppo_equal_time", "ppo_mini", "dash", "train/reward_roughness", "higher", "noisier reward curves (Figure 4)"),
+        Claim("ppo_equal_time", "ppo_mini", "dash", "final/*/greedy_acc", "higher", "PPO-Mini 31.6 vs DASH 31.1 (GSM8K, 0.5B)", False),
+    )),
+    Finding("3. Without KL: higher accuracy, shorter answers, less time", (
+        Claim("findings", "dash_no_kl", "dash", "final/greedy_acc", "higher", _NO_KL),
+        Claim("findings", "dash_no_kl", "dash", "final/sampled_acc", "higher", _NO_KL),
+        Claim("findings", "dash_no_kl", "dash", "final/sampled_mean_length", "lower", "about 548 vs 627 tokens at the end (0.5B)"),
+        Claim("findings", "dash_no_kl", "dash", "train_time_s", "lower", "No-KL 5.7 h vs DASH 6.6 h (0.5B)"),
+        Claim("findings", "dash_no_kl", "dash", "final/*/greedy_acc", "higher", "No-KL 34.0 vs DASH 31.1 (GSM8K, 0.5B)", False),
+    )),
+    Finding("4. DASH cuts training time (accuracy about equal)", (
+        Claim("findings", "dash", "grpo", "train_time_s", "lower", "DASH 6.6 h vs GRPO 38.9 h (-83%, 0.5B)"),
+        Claim("findings", "dash_no_filter", "grpo", "train_time_s", "lower", "No-GF 6.9 h vs GRPO 38.9 h (0.5B)", False),
+        Claim("findings", "dash", "dash_no_filter", "train_time_s", "lower", "DASH 6.6 h vs No-GF 6.9 h (0.5B)", False),
+        Claim("findings", "dash", "grpo", "final/greedy_acc", "higher", "DASH 27.2 vs GRPO 27.6 (MATH-500: about equal)", False),
+        Claim("findings", "dash", "grpo", "final/sampled_acc", "higher", "DASH 27.2 vs GRPO 27.6 (MATH-500: about equal)", False),
+    )),
+)
+
+
+def _claim_metrics(claim: Claim, runs: pd.DataFrame) -> list[str]:
+    if "*" not in claim.metric:
+        return [claim.metric]
+    pattern = re.compile(re.escape(claim.metric).replace(r"\*", r"[^/]+") + "$")
+    return [c for c in runs.columns if pattern.match(c)]
+
+
+def claim_outcome(diff: PairedDifference, sign: str) -> str:
+    """"agrees" or "disagrees" with the paper's direction when the paired difference's interval
+    excludes 0 (and has at least MIN_PAIRS pairs), else "inconclusive"."""
+    said = verdict(diff, sign)
+    return {"better": "agrees", "worse": "disagrees"}.get(said, said)
+
+
+def finding_verdict(outcomes: Iterable[str]) -> str:
+    """Over a finding's primary claims: "reproduced" when every one agrees with the paper,
+    "contradicted" when at least one disagrees and none agrees, else "inconclusive"."""
+    outcomes = list(outcomes)
+    if outcomes and all(o == "agrees" for o in outcomes):
+        return "reproduced"
+    if "disagrees" in outcomes and "agrees" not in outcomes:
+        return "contradicted"
+    return "inconclusive"
+
+
+def findings_table(sweeps: Iterable[Sweep], findings: Iterable[Finding] = FINDINGS) -> pd.DataFrame:
+    """The paper's findings, one row per claim: the paper's numbers, ours (reference and arm means
+    over the paired seeds, the paired difference and its 95% t interval, and the arm/reference ratio
+    averaged over seeds), the claim's outcome and its finding's verdict. A finding whose sweeps or
+    arms are missing is left out."""
+    by_name = {sweep.name: sweep for sweep in sweeps}
+    rows = []
+    for finding in findings:
+        found = []
+        for claim in finding.claims:
+            sweep = by_name.get(claim.experiment)
+            if sweep is None or "arm_file" not in sweep.runs:
+                continue
+            labels = {f: sweep.runs.loc[sweep.runs["arm_file"] == f, "arm"] for f in (claim.arm, claim.reference)}
+            if any(label.empty for label in labels.values()):
+                continue
+            arm, reference = (str(labels[f].iloc[0]) for f in (claim.arm, claim.reference))
+            for metric in _claim_metrics(claim, sweep.runs):
+                a, r = per_seed(sweep, arm, metric), per_seed(sweep, reference, metric)
+                diff = paired_difference(a, r)
+                pairs = list(diff.seeds)
+                ratio = mean_ci((a.loc[pairs] / r.loc[pairs]).replace([np.inf, -np.inf], np.nan)) if pairs else (math.nan, math.nan, 0)
+                found.append({
+                    "finding": finding.name, "experiment": claim.experiment, "claim": f"{claim.arm} vs {claim.reference}",
+                    "metric": metric, "paper says": f"{claim.sign} ({claim.paper})", "primary": claim.primary,
+                    "n_pairs": diff.n,
+                    "reference_mean": r.loc[pairs].mean() if pairs else math.nan,
+                    "arm_mean": a.loc[pairs].mean() if pairs else math.nan,
+                    "difference mean": diff.mean, "difference ci95": diff.half_width,
+                    "difference low": diff.low, "difference high": diff.high,
+                    "ratio mean": ratio[0], "ratio ci95": ratio[1],
+                    "outcome": claim_outcome(diff, claim.sign),
+                })
+        primary = [row["outcome"] for row in found if row["primary"]]
+        for row in found:
+            row["verdict"] = finding_verdict(primary) if primary else "inconclusive"
+        rows += found
+    columns = ["finding", "verdict", "experiment", "claim", "metric", "paper says", "primary", "n_pairs", "reference_mean",
+               "arm_mean", "difference mean", "difference ci95", "difference low", "difference high", "ratio mean",
+               "ratio ci95", "outcome"]
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -29,6 +29,9 @@ ARMS = {  # conf/arm file -> (algorithm, kl, filter)
     "dr_grpo": ("dr_grpo", "off", "off"),
     "dash_no_kl": ("dash", "off", "on"),
     "dash": ("dash", "on", "on"),
+    "grpo": ("grpo", "on", "off"),
+    "sft_reference": ("sft", "off", "off"),
+    "ppo_mini": ("ppo_mini", "on", "on"),
 }
 
 
@@ -46,8 +49,9 @@ def write_sweep(folder: Path, experiment: str | None, runs: list[dict]) -> Path:
         summary = {"status": run.get("status", "completed"), "algorithm": algorithm, "kl": kl, "filter": filt, "seed": seed,
                    "steps": 4, **run["numbers"], "provenance": provenance}
         lines = [{"kind": "eval", "step": 0, "eval/greedy_acc": summary.get("base/greedy_acc", 0.0)}]
+        rewards = run.get("rewards", [0.5] * 4)
         for step, length in enumerate(run.get("lengths", [10.0, 10.0, 10.0, 10.0]), start=1):
-            lines.append({"kind": "train", "step": step, "completions/mean_length": length, "reward/mean": 0.5,
+            lines.append({"kind": "train", "step": step, "completions/mean_length": length, "reward/mean": rewards[step - 1],
                           "throughput/sampling_tok_s": 100.0 * step, "time/sampling_s": 0.5 * step,
                           "time/train_elapsed_s": float(step)})
         write_job(folder, num, experiment, arm, config, summary, lines)
@@ -151,7 +155,8 @@ def test_comparison_table_pairs_each_arm_with_the_experiments_reference_arm(tmp_
     assert rows.loc[("dr_grpo", "final/sampled_mean_length"), "verdict"] == "inconclusive"
     assert (rows.loc["dash_no_kl", "verdict"] == "inconclusive").all()  # the reference's own numbers
     assert set(rows.loc["dash_no_kl"].index) == {"final/greedy_acc", "final/sampled_acc", "train_time_s", "steps",
-                                                 "final/sampled_mean_length", "train/final_mean_length"}
+                                                 "final/sampled_mean_length", "train/final_mean_length",
+                                                 "train/reward_roughness"}
     markdown = ra.format_table(table).to_markdown(index=False)
     assert "0.120 ± 0.050" in markdown
 
@@ -250,6 +255,68 @@ TABLES = {
     "throughput": ra.throughput_table,
     "comparisons": ra.comparison_table,
 }
+
+
+# ---------------------------------------------------------------- the paper's findings
+def findings_sweeps(root: Path) -> list:
+    """A findings sweep and a ppo_equal_time sweep, 3 seeds, with known differences."""
+    runs = []
+    for seed in range(3):
+        d = 0.01 * seed
+        runs += [
+            # RL vs SFT: SFT-H above DASH on both decodings, every seed (the paper's finding contradicted).
+            {"arm": "sft_reference", "seed": seed, "numbers": numbers(0.70 + d, 0.60 + d, 5.0, length=30.0)},
+            {"arm": "dash", "seed": seed, "numbers": numbers(0.60 + d, 0.50 + 2 * d, 20.0 + seed, length=30.0)},
+            # No-KL: higher accuracy, shorter, faster on every seed (reproduced).
+            {"arm": "dash_no_kl", "seed": seed, "numbers": numbers(0.65 + d, 0.56 + 2 * d, 17.0 + seed, length=27.0 - seed)},
+            # GRPO: slower by 30-34 s (DASH's cut reproduced), accuracy about the same.
+            {"arm": "grpo", "seed": seed, "numbers": numbers(0.60 + d + (0.01 if seed == 1 else -0.01), 0.5, 50.0 + 3 * seed)},
+        ]
+    findings = ra.load_sweep(write_sweep(root / "findings", "findings", runs))
+    ppo = []
+    for seed in range(3):
+        calm, jumpy = [0.5, 0.52, 0.54, 0.56], [0.5, 0.7, 0.4, 0.8 - 0.05 * seed]
+        ppo += [{"arm": "dash", "seed": seed, "numbers": numbers(0.60, 0.50, 20.0), "rewards": calm},
+                # PPO-Mini: accuracy up on one decoding only, noisier on every seed: inconclusive overall.
+                {"arm": "ppo_mini", "seed": seed, "numbers": numbers(0.62 + 0.01 * seed, 0.50 + 0.02 * (seed - 1), 20.0),
+                 "rewards": jumpy}]
+    return [findings, ra.load_sweep(write_sweep(root / "ppo_equal_time", "ppo_equal_time", ppo))]
+
+
+def test_findings_table_gives_each_claim_its_paired_interval_and_each_finding_a_verdict(tmp_path):
+    table = ra.findings_table(findings_sweeps(tmp_path))
+    verdicts = table.groupby("finding", sort=False)["verdict"].first()
+    assert verdicts.to_dict() == {
+        "1. On-policy RL beats SFT": "contradicted",
+        "2b. PPO-Mini at equal time: a little more accuracy, noisier training": "inconclusive",
+        "3. Without KL: higher accuracy, shorter answers, less time": "reproduced",
+        "4. DASH cuts training time (accuracy about equal)": "reproduced",
+    }  # no sft_teacher, ppo_multi or dash_no_filter runs: their claims are left out, and 2a with them
+    rows = table.set_index(["claim", "metric"])
+    greedy = rows.loc[("dash vs sft_reference", "final/greedy_acc")]
+    assert (greedy["n_pairs"], greedy["difference mean"], greedy["outcome"]) == (3, pytest.approx(-0.10), "disagrees")
+    time = rows.loc[("dash vs grpo", "train_time_s")]
+    # DASH - GRPO = -30, -32, -34 s: mean -32, sd 2, t_{0.975,2} * 2 / sqrt(3) = 4.968
+    assert (time["difference mean"], time["difference ci95"]) == pytest.approx((-32.0, 4.968275), abs=1e-5)
+    assert time["ratio mean"] == pytest.approx((20 / 50 + 21 / 53 + 22 / 56) / 3)
+    assert rows.loc[("dash vs grpo", "final/greedy_acc"), "outcome"] == "inconclusive"  # shown, not decisive
+    assert not rows.loc[("dash vs grpo", "final/greedy_acc"), "primary"]
+    mini = rows.loc["ppo_mini vs dash"]
+    assert mini.loc["final/greedy_acc", "outcome"] == "agrees" and mini.loc["final/sampled_acc", "outcome"] == "inconclusive"
+    assert mini.loc["train/reward_roughness", "outcome"] == "agrees"
+    assert rows.loc[("dash_no_kl vs dash", "final/sampled_mean_length"), "outcome"] == "agrees"  # shorter: the paper's way
+
+
+def test_a_finding_whose_arm_is_its_own_reference_is_inconclusive(tmp_path):
+    sweeps = findings_sweeps(tmp_path)
+    itself = ra.Finding("DASH vs DASH", (ra.Claim("findings", "dash", "dash", "final/greedy_acc", "higher", "-"),
+                                         ra.Claim("findings", "dash", "dash", "train_time_s", "lower", "-")))
+    table = ra.findings_table(sweeps, [itself])
+    assert len(table) == 2 and (table["difference mean"] == 0).all() and (table["outcome"] == "inconclusive").all()
+    assert (table["verdict"] == "inconclusive").all()
+    assert ra.finding_verdict(["agrees", "disagrees"]) == "inconclusive"
+    assert ra.finding_verdict(["disagrees", "inconclusive"]) == "contradicted"
+    assert ra.finding_verdict(["agrees", "agrees"]) == "reproduced"
 
 
 def test_every_table_rebuilds_from_runs_csv_alone(tmp_path):
