@@ -47,8 +47,9 @@ VLLM_DROP := torchvision torchaudio torchcodec
 # into one fixed folder with resume=true: the same command finishes what an interruption left undone.
 FINDINGS_DIR ?= multirun/findings
 FINDINGS_SEEDS ?= 0,1,2,3,4
-# PPO's equal-time budget (training seconds per arm): about what DASH takes for findings' 100 steps there.
-FINDINGS_PPO_SECONDS ?= 240
+# PPO's equal-time budget (training seconds per arm): what DASH (KL on) took for findings' 100 steps there
+# (226 s, seed 0, two jobs at a time on 2 cores). Every arm of ppo_equal_time, DASH too, stops at it.
+FINDINGS_PPO_SECONDS ?= 225
 FINDINGS_ARGS := task=multistep +task@eval.tasks.multistep_ood=multistep eval.tasks.multistep_ood.split=ood \
 	eval.every=50 seed=$(FINDINGS_SEEDS) hydra/launcher=local_joblib resume=true
 # Extra arguments for benchmarks/bench.py, e.g. make bench BENCH_ARGS="--quick" or "--reps 5".
