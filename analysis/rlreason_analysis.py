@@ -254,6 +254,8 @@ def _provenance_columns(provenance: Any) -> dict[str, Any]:
 # the first (which pays one-off warm-up costs).
 CURVE_NUMBERS = {
     "train/final_mean_length": ("completions/mean_length", "tail"),
+    # The spread of the training completions' lengths within a step, over the last quarter.
+    "train/final_length_std": ("completions/length_std", "tail"),
     "throughput/sampling_tok_s": ("throughput/sampling_tok_s", "steady"),
     "time/sampling_s": ("time/sampling_s", "steady"),
     # How noisy training is (the paper's claim about PPO): the sd of the step-to-step change of the
@@ -499,9 +501,11 @@ def _base_row(sweep: Sweep, columns: list[str]) -> pd.DataFrame | None:
 def length_table(sweep: Sweep) -> pd.DataFrame:
     """Response length per arm: held-out completions at the end (greedy, sampled) and the training
     samples of the last steps (mean of completions/mean_length over the last quarter of steps,
-    ``train/final_mean_length``, read from the curves when the sweep was loaded)."""
+    ``train/final_mean_length``, read from the curves when the sweep was loaded); and, for runs that
+    logged it, the spread of lengths over completions (``*_length_std``: population sd)."""
     runs = sweep.runs
-    columns = [c for c in ("final/greedy_mean_length", "final/sampled_mean_length", "train/final_mean_length") if c in runs]
+    columns = [c for c in ("final/greedy_mean_length", "final/sampled_mean_length", "train/final_mean_length",
+                           "final/greedy_length_std", "final/sampled_length_std", "train/final_length_std") if c in runs]
     return aggregate(sweep, columns)
 
 

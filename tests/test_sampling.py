@@ -53,3 +53,26 @@ def test_greedy_is_deterministic_and_chunking_does_not_change_it():
     whole = sampler.generate(prompts, n=1, greedy=True)
     chunked = sampler.generate(prompts, n=1, greedy=True, batch_size=1)
     assert whole.texts == chunked.texts
+
+
+def test_evaluation_reports_the_mean_and_spread_of_completion_lengths():
+    """An untrained model's samples stop at random points, so their lengths differ: the evaluation's
+    mean and population sd are those of the completions the same sampling call gives (same seed)."""
+    import statistics
+
+    from rlreason.evaluation import evaluate_task
+    from rlreason.tasks import build_task
+
+    cfg, model, tokenizer = _tiny()
+    sampler = HFSampler(model, tokenizer, cfg.sampler)
+    task = build_task(cfg.task)
+    examples = task.test_examples()[:16]
+    eval_cfg = compose("debug=true", "eval.greedy=false", "eval.samples_per_problem=2").eval
+    torch.manual_seed(0)
+    metrics, _ = evaluate_task(sampler, task, examples, eval_cfg)
+    torch.manual_seed(0)
+    out = sampler.generate([e.prompt for e in examples], n=2, greedy=False, batch_size=eval_cfg.batch_size)
+    lengths = [len(ids) for ids in out.completion_ids]
+    assert len(set(lengths)) > 1, lengths  # else the spread checks nothing
+    assert metrics["eval/sampled_mean_length"] == statistics.mean(lengths)
+    assert abs(metrics["eval/sampled_length_std"] - statistics.pstdev(lengths)) < 1e-9

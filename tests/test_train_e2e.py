@@ -50,6 +50,9 @@ def test_every_algorithm_runs_and_logs_its_metrics(tmp_path, algorithm):
     else:
         for key in ("reward/mean", "filter/kept_frac", "filter/zero_std_group_frac", "train/kl", "train/clip_frac"):
             assert key in row, key
+        shortest, longest = row["completions/min_length"], row["completions/max_length"]
+        assert shortest <= row["completions/mean_length"] <= longest
+        assert 0 <= row["completions/length_std"] <= (longest - shortest) / 2  # a population sd is at most half the range
         assert row["time/reference_s"] > 0  # kl=on loads and runs the reference model
     updates = {"ppo": 3, "ppo_mini": 2}.get(algorithm, 1)  # debug: 16 rows, mini-batches of 8
     assert sum(r["train/optimizer_steps"] for r in train) == updates * len(train)

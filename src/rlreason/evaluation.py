@@ -41,11 +41,14 @@ def evaluate_task(sampler: Any, task: Any, examples: list[Example], eval_cfg: An
         scores = [float(x.correct) for x in grades]  # the task's own is_correct, whatever its reward
         correct_per_problem = [sum(scores[i * n : (i + 1) * n]) for i in range(len(examples))]
         pass_at = [sum(pass_at_k(n, int(c), k) for c in correct_per_problem) for k in e.pass_k] if n > 1 else []
-        total, correct, length, finished, problems, *pass_sums = parallel.sum(
-            [len(scores), sum(scores), sum(len(c) for c in out.completion_ids), sum(out.finished), len(examples), *pass_at]
+        lengths = [len(c) for c in out.completion_ids]
+        total, correct, length, length_sq, finished, problems, *pass_sums = parallel.sum(
+            [len(scores), sum(scores), sum(lengths), sum(x * x for x in lengths), sum(out.finished), len(examples), *pass_at]
         )
         metrics[f"{prefix}/{mode}_acc"] = correct / total
         metrics[f"{prefix}/{mode}_mean_length"] = length / total
+        # The spread of lengths over completions (population sd): whether length is free on the task.
+        metrics[f"{prefix}/{mode}_length_std"] = max(0.0, length_sq / total - (length / total) ** 2) ** 0.5
         metrics[f"{prefix}/{mode}_truncated_frac"] = 1.0 - finished / total
         for k, value in zip(e.pass_k if n > 1 else [], pass_sums):
             metrics[f"{prefix}/pass@{k}"] = value / problems

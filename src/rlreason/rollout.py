@@ -8,6 +8,8 @@ without signal by fresh prompts). Nothing here touches gradients (``rlreason.lea
 
 from __future__ import annotations
 
+import statistics
+
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -181,6 +183,9 @@ class Rollouts:
             "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
             "train/accuracy": float(correct.mean()),
             "completions/mean_length": sum(lengths) / len(lengths),
+            "completions/min_length": min(lengths),
+            "completions/max_length": max(lengths),
+            "completions/length_std": statistics.pstdev(lengths),
             "completions/truncated_frac": 1.0 - sum(finished) / len(finished),
             "filter/kept_frac": float(keep.float().mean()),
             "filter/mean_abs_adv": float(advantages.abs().mean()),
