@@ -509,15 +509,20 @@ def length_table(sweep: Sweep) -> pd.DataFrame:
     return aggregate(sweep, columns)
 
 
+def _train_curve(curves: pd.DataFrame, run: str, metric: str) -> pd.DataFrame:
+    """One run's per-step training rows of ``metric``, in step order (what CURVE_NUMBERS reduce)."""
+    return curves[(curves["run"] == run) & (curves["kind"] == "train") & (curves["metric"] == metric)].sort_values("step")
+
+
 def _tail_mean(curves: pd.DataFrame, run: str, metric: str, fraction: float = 0.25) -> float:
-    rows = curves[(curves["run"] == run) & (curves["kind"] == "train") & (curves["metric"] == metric)].sort_values("step")
+    rows = _train_curve(curves, run, metric)
     if rows.empty:
         return math.nan
     return float(rows["value"].tail(max(1, math.ceil(len(rows) * fraction))).mean())
 
 
 def _roughness(curves: pd.DataFrame, run: str, metric: str) -> float:
-    rows = curves[(curves["run"] == run) & (curves["kind"] == "train") & (curves["metric"] == metric)].sort_values("step")
+    rows = _train_curve(curves, run, metric)
     steps = rows["value"].diff().dropna()
     return float(steps.std(ddof=1)) if len(steps) > 1 else math.nan
 
@@ -551,7 +556,7 @@ def throughput_table(sweep: Sweep) -> pd.DataFrame:
 
 
 def _steady_mean(curves: pd.DataFrame, run: str, metric: str) -> float:
-    rows = curves[(curves["run"] == run) & (curves["kind"] == "train") & (curves["metric"] == metric)].sort_values("step")
+    rows = _train_curve(curves, run, metric)
     if len(rows) > 1:
         rows = rows.iloc[1:]
     return float(rows["value"].mean()) if len(rows) else math.nan
@@ -890,6 +895,21 @@ def per_seed(sweep: Sweep, arm: str, column: str) -> pd.Series:
     return values.groupby(done["seed"]).mean()
 
 
+def _paired(sweep: Sweep, arm: str, reference: str, metric: str) -> tuple[PairedDifference, pd.Series, pd.Series]:
+    """The paired difference arm - reference on ``metric``, and each side's values on the paired seeds."""
+    a, r = per_seed(sweep, arm, metric), per_seed(sweep, reference, metric)
+    diff = paired_difference(a, r)
+    seeds = list(diff.seeds)
+    return diff, a.loc[seeds], r.loc[seeds]
+
+
+def _difference_columns(diff: PairedDifference, arm_values: pd.Series, reference_values: pd.Series) -> dict[str, Any]:
+    """The columns a paired comparison shows: pairs, both means over the paired seeds, the difference's interval."""
+    return {"n_pairs": diff.n, "reference_mean": reference_values.mean(), "arm_mean": arm_values.mean(),
+            "difference mean": diff.mean, "difference ci95": diff.half_width,
+            "difference low": diff.low, "difference high": diff.high}
+
+
 def comparison_table(sweep: Sweep, reference: str | None = None, metrics: Mapping[str, str | None] | None = None) -> pd.DataFrame:
     """Each arm against the reference arm (``reference_arm`` by default), metric by metric: the
     paired difference arm - reference over the seeds both completed, its 95% t interval and the
@@ -903,20 +923,13 @@ def comparison_table(sweep: Sweep, reference: str | None = None, metrics: Mappin
         if arm == reference:
             continue
         for metric, better in metrics.items():
-            diff = paired_difference(per_seed(sweep, arm, metric), per_seed(sweep, reference, metric))
-            pairs = list(diff.seeds)
+            diff, arm_values, reference_values = _paired(sweep, arm, reference, metric)
             row = {k: group.iloc[0][k] for k in keys}
             row.update({
                 "reference": reference,
                 "metric": metric,
                 "better": {"higher": "higher", "lower": "lower", None: "-"}[better],
-                "n_pairs": diff.n,
-                "reference_mean": per_seed(sweep, reference, metric).loc[pairs].mean() if pairs else math.nan,
-                "arm_mean": per_seed(sweep, arm, metric).loc[pairs].mean() if pairs else math.nan,
-                "difference mean": diff.mean,
-                "difference ci95": diff.half_width,
-                "difference low": diff.low,
-                "difference high": diff.high,
+                **_difference_columns(diff, arm_values, reference_values),
                 "verdict": verdict(diff, better),
             })
             rows.append(row)
@@ -1038,18 +1051,12 @@ def findings_table(sweeps: Iterable[Sweep], findings: Iterable[Finding] = FINDIN
                 continue
             arm, reference = (str(labels[f].iloc[0]) for f in (claim.arm, claim.reference))
             for metric in _claim_metrics(claim, sweep.runs):
-                a, r = per_seed(sweep, arm, metric), per_seed(sweep, reference, metric)
-                diff = paired_difference(a, r)
-                pairs = list(diff.seeds)
-                ratio = mean_ci((a.loc[pairs] / r.loc[pairs]).replace([np.inf, -np.inf], np.nan)) if pairs else (math.nan, math.nan, 0)
+                diff, a, r = _paired(sweep, arm, reference, metric)
+                ratio = mean_ci((a / r).replace([np.inf, -np.inf], np.nan))
                 found.append({
                     "finding": finding.name, "experiment": claim.experiment, "claim": f"{claim.arm} vs {claim.reference}",
                     "metric": metric, "paper says": f"{claim.sign} ({claim.paper})", "primary": claim.primary,
-                    "n_pairs": diff.n,
-                    "reference_mean": r.loc[pairs].mean() if pairs else math.nan,
-                    "arm_mean": a.loc[pairs].mean() if pairs else math.nan,
-                    "difference mean": diff.mean, "difference ci95": diff.half_width,
-                    "difference low": diff.low, "difference high": diff.high,
+                    **_difference_columns(diff, a, r),
                     "ratio mean": ratio[0], "ratio ci95": ratio[1],
                     "outcome": claim_outcome(diff, claim.sign),
                 })
