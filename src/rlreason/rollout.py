@@ -9,7 +9,6 @@ without signal by fresh prompts). Nothing here touches gradients (``rlreason.lea
 from __future__ import annotations
 
 import statistics
-
 from dataclasses import dataclass
 from typing import Any, Callable
 

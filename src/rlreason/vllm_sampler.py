@@ -49,6 +49,7 @@ from typing import Any
 
 import torch
 
+from rlreason.batching import unwrap_model
 from rlreason.errors import ConfigError
 from rlreason.modeling import merged_state_dict
 from rlreason.sampling import Completions, Sampler
@@ -152,11 +153,6 @@ def _empty_cuda_cache() -> None:
         torch.cuda.empty_cache()
 
 
-def _unwrapped(policy: torch.nn.Module) -> torch.nn.Module:
-    """The model inside a DDP/accelerate wrapper, whose state-dict names vLLM knows."""
-    return getattr(policy, "module", policy)
-
-
 class VLLMSampler(Sampler):
     """A vLLM engine that samples from the policy's latest pushed weights (see module doc)."""
 
@@ -167,7 +163,7 @@ class VLLMSampler(Sampler):
         self.policy, self.tokenizer, self.cfg = model, tokenizer, sampler_cfg
         self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
         self._SamplingParams = vllm.SamplingParams
-        path = model_path or getattr(_unwrapped(model), "name_or_path", "")
+        path = model_path or getattr(unwrap_model(model), "name_or_path", "")
         if not path:
             raise ConfigError(f"sampler=vllm needs the policy's model directory or hub id (got {path!r})")
         if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
@@ -176,7 +172,7 @@ class VLLMSampler(Sampler):
         self.policy_dtype = next(model.parameters()).dtype
         self.on_cpu = current_platform.is_cpu()
         self.dtype = engine_dtype(getattr(sampler_cfg, "dtype", None), self.policy_dtype, on_cuda=not self.on_cpu)
-        self.max_model_len = engine_max_model_len(sampler_cfg, _unwrapped(model).config)
+        self.max_model_len = engine_max_model_len(sampler_cfg, unwrap_model(model).config)
         self.sleep_mode = bool(sampler_cfg.enable_sleep_mode)
         if self.sleep_mode and self.on_cpu:
             log.warning("sampler.enable_sleep_mode ignored: vLLM's CPU build has no sleep mode")
@@ -250,7 +246,7 @@ class VLLMSampler(Sampler):
         params = self._SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
         out = self.llm.generate([{"prompt_token_ids": probe}], params, use_tqdm=False)[0]
         engine = torch.tensor([entry[token].logprob for entry, token in zip(out.prompt_logprobs[1:], probe[1:])])
-        inner = _unwrapped(self.policy)
+        inner = unwrap_model(self.policy)
         device = next(inner.parameters()).device
         was_training = inner.training
         inner.eval()
@@ -355,7 +351,7 @@ class VLLMSampler(Sampler):
             supported = CPUAttentionBackend.get_supported_head_sizes()
         except Exception:  # layout of vLLM's internals changed: let the engine speak for itself
             return
-        config = _unwrapped(model).config
+        config = unwrap_model(model).config
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         if head_dim not in supported:
             raise ConfigError(
