@@ -203,6 +203,7 @@ def test_ood_split_plugs_into_eval_tasks(overrides):
 
 # ---------------------------------------------------------------- a run
 @pytest.mark.slow
+@pytest.mark.heavy  # about 40 s (it warm-starts a multistep base model); make test-heavy
 def test_debug_training_run_with_the_ood_split(tmp_path):
     proc = subprocess.run(
         [sys.executable, "train.py", "task=multistep", "debug=true", "logger=none", "logger.progress=false", "threads=1",

@@ -268,7 +268,23 @@ def test_a_lora_policy_is_pushed_as_merged_weights_and_the_push_check_holds(tmp_
                   "task.n_test_problems=16", "model.warm_start.steps=10", "model.warm_start.batch_size=16",
                   f"cache_dir={tmp_path / 'cache'}")
     trainer = Trainer(cfg, tmp_path / "run")
-    summary = trainer.fit()
+    summary = trainer.fit()  # every push was checked before its first generate (WeightSyncError otherwise)
     assert summary["status"] == "completed" and trainer.sampler.pushes >= 2
-    out = trainer.sampler.generate(PROMPTS, n=1, return_logprobs=True)  # verifies the last push, or raises
-    assert _max_gap(trainer.policy, out, trainer.tokenizer.pad_token_id) < LOGPROB_ATOL
+    # Three steps of a 10-step warm start may leave every group's rewards equal (the adapters unmoved): move
+    # them by hand, so that a push without the merge would sample the base model.
+    policy = trainer.policy
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.2, generator=torch.Generator().manual_seed(0))
+    # fit() closed its engine; a fresh one, given the LoRA policy, samples what the policy computes
+    sampler = build_sampler(cfg.sampler, policy, trainer.tokenizer, model_path=trainer.base_path, seed=0)
+    try:
+        out = sampler.generate(PROMPTS, n=1, return_logprobs=True)  # the push check runs first
+        assert _max_gap(policy, out, trainer.tokenizer.pad_token_id) < LOGPROB_ATOL
+        with policy.disable_adapter():  # and the adapters matter: the base model's log-probs are others
+            assert _max_gap(policy, out, trainer.tokenizer.pad_token_id) > 100 * LOGPROB_ATOL
+    finally:
+        sampler.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        trainer.sampler.generate(PROMPTS, n=1)

@@ -296,6 +296,8 @@ class VLLMSampler(Sampler):
     def generate(
         self, prompts: list[str], n: int, greedy: bool = False, return_logprobs: bool = False, batch_size: int | None = None
     ) -> Completions:
+        if self.llm is None:
+            raise RuntimeError("this vLLM sampler is closed (the trainer closes its engine when fit() returns)")
         self.check_fresh()
         encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         rows = [ids for ids in encoded for _ in range(n)]
