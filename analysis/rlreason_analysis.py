@@ -669,18 +669,27 @@ def pass_at_k_table(sweep: Sweep, task: str | None = None) -> pd.DataFrame:
     step-0 evaluation (base/pass@k; per seed the mean of its runs, as in the accuracy table's base
     row), each arm from its completed runs' final evaluation (final/pass@k; per seed). One row per
     (series, k): ``series`` ("base (step 0)" or the arm), ``paper_method``, ``k``, ``mean``, ``ci95``,
-    ``low``/``high``, ``min``/``max``, ``n`` (seeds). Empty when the runs evaluated no pass@k."""
-    columns = ["series", "paper_method", "k", "mean", "ci95", "low", "high", "min", "max", "n"]
+    ``low``/``high``, ``min``/``max``, ``n`` (seeds). An arm's rows also hold its gain over the base model,
+    paired by seed (the same run's step 0 and end): ``gain``, ``gain_ci95`` and ``vs_base`` (higher, lower or
+    inconclusive), so "does RL widen what the model can solve at large k, or only sharpen pass@1" has an
+    interval. Empty when the runs evaluated no pass@k."""
+    columns = ["series", "paper_method", "k", "mean", "ci95", "low", "high", "min", "max", "n", "gain", "gain_ci95",
+               "vs_base"]
     final = pass_at_k_columns(sweep.runs, task)
     base = pass_at_k_columns(sweep.runs, task, prefix="base")
     done = sweep.completed
     rows = []
 
-    def add(series: str, method: Any, k: int, values: pd.Series) -> None:
+    def add(series: str, method: Any, k: int, values: pd.Series, base_values: pd.Series | None = None) -> None:
         values = pd.to_numeric(values, errors="coerce").dropna()
         mean, half, n = mean_ci(values)
+        gain = {"gain": math.nan, "gain_ci95": math.nan, "vs_base": ""}
+        if base_values is not None:
+            diff = paired_difference(values, pd.to_numeric(base_values, errors="coerce"))
+            gain = {"gain": diff.mean, "gain_ci95": diff.half_width, "vs_base": verdict(diff, better=None)}
         rows.append({"series": series, "paper_method": method, "k": k, "mean": mean, "ci95": half, "low": mean - half,
-                     "high": mean + half, "min": values.min() if n else math.nan, "max": values.max() if n else math.nan, "n": n})
+                     "high": mean + half, "min": values.min() if n else math.nan, "max": values.max() if n else math.nan, "n": n,
+                     **gain})
 
     if not done.empty:
         for k, column in base.items():
@@ -688,7 +697,8 @@ def pass_at_k_table(sweep: Sweep, task: str | None = None) -> pd.DataFrame:
     for arm in pd.unique(sweep.runs["arm"]):
         method = sweep.runs.loc[sweep.runs["arm"] == arm, "paper_method"].iloc[0]
         for k, column in final.items():
-            add(str(arm), method, k, per_seed(sweep, arm, column))
+            add(str(arm), method, k, per_seed(sweep, arm, column),
+                per_seed(sweep, arm, base[k]) if k in base else None)
     table = pd.DataFrame(rows, columns=columns)
     return table[table["n"] > 0].reset_index(drop=True)
 

@@ -195,6 +195,12 @@ def test_pass_at_k_table_and_figure_for_the_base_model_and_each_arm(tmp_path):
     # sd of (0.70, 0.72, 0.74) = 0.02: half-width 4.30265 * 0.02 / sqrt(3).
     assert rows.loc[("kl=on", 8), "ci95"] == pytest.approx(4.30265 * 0.02 / math.sqrt(3), abs=1e-6)
     assert (rows.loc[("kl=off", 1), "min"], rows.loc[("kl=off", 1), "max"]) == pytest.approx((0.55, 0.59))
+    # the gain over the same seed's base model: kl=on at k=8 is 0.70-0.40, 0.72-0.41, 0.74-0.42 (sd 0.01)
+    assert rows.loc[("kl=on", 8), "gain"] == pytest.approx(0.31)
+    assert rows.loc[("kl=on", 8), "gain_ci95"] == pytest.approx(4.30265 * 0.01 / math.sqrt(3), abs=1e-6)
+    assert rows.loc[("kl=on", 8), "vs_base"] == "higher"
+    assert rows.loc[("kl=off", 2), "gain"] == pytest.approx(0.41)  # (0.60-0.20) + 0.01 * seed, seeds 0-2
+    assert rows.loc[("base (step 0)", 4), "vs_base"] == "" and math.isnan(rows.loc[("base (step 0)", 4), "gain"])
     for _, series in table.groupby("series"):  # every curve non-decreasing in k, as pass@k must be
         assert (np.diff(series.sort_values("k")["mean"].to_numpy()) >= -1e-12).all()
     (ax,) = ra.pass_at_k_figure(sweep).axes
