@@ -40,7 +40,8 @@ def test_texts_fit_the_alphabet_and_the_tiny_models_positions():
     rng = random.Random(2)
     for _ in range(3000):
         fn, shown, _ = make_problem(rng, 3, 8)
-        prompt = "".join(f"f({codegen.format_value(x)})={codegen.format_value(fn(x))}\n" for x in shown)
+        # the two documented prompts: the default (words and 1 example) and examples only (3 of them)
+        prompt = max(codegen.prompt_text(fn, shown[:1], described=True), codegen.prompt_text(fn, shown, described=False), key=len)
         for style in STYLES:
             for f in (fn, teacher_function(fn, 1.0, rng)):
                 text = prompt + f.source(style)
@@ -90,6 +91,22 @@ def test_task_is_deterministic_and_seeded(task):
         other.close()
 
 
+def test_examples_only_prompts_are_the_difficulty_knob_with_their_own_base_model():
+    plain = CodegenTask(seed=0, n_test_problems=16, describe=False, n_shown=3, sandbox="process", sandbox_workers=1)
+    described = CodegenTask(seed=0, n_test_problems=16, sandbox="process", sandbox_workers=1)
+    try:
+        for example in plain.test_examples():
+            lines = example.prompt.splitlines()
+            assert len(lines) == 3 and all(line.startswith("f(") for line in lines)
+        for example in described.test_examples():
+            words, shown = example.prompt.splitlines()
+            assert words == codegen.describe(example.meta["function"]) and shown.startswith("f(")
+        assert "describe" not in plain.cache_key() and described.cache_key()["describe"] is True
+    finally:
+        plain.close()
+        described.close()
+
+
 def test_held_out_split_is_disjoint_from_training(task):
     test_prompts = {e.prompt for e in task.test_examples()}
     assert len(test_prompts) == 64
@@ -98,7 +115,17 @@ def test_held_out_split_is_disjoint_from_training(task):
 
 def test_hidden_tests_are_more_than_the_prompt_shows(task):
     for example in task.test_examples():
-        assert len(example.meta["inputs"]) == 8 and example.prompt.count("\n") == 3
+        assert len(example.meta["inputs"]) == 8 and example.prompt.count("\n") == 1 + 1  # the words, one example
+
+
+def test_the_prompt_names_the_function_and_shows_its_examples():
+    fn = Function("mul", 3, "sum")
+    assert codegen.prompt_text(fn, [[3, 1, 2]], described=True) == "sum times 3\nf([3,1,2])=18\n"
+    assert codegen.prompt_text(fn, [[3, 1, 2], [5]], described=False) == "f([3,1,2])=18\nf([5])=15\n"
+    assert codegen.describe(Function("id", 0, "sorted")) == "sorted"
+    assert codegen.describe(Function("sq", 0, "list")) == "each squared"
+    # every function has its own words: the description alone determines the function
+    assert len({codegen.describe(f) for f in codegen.FUNCTIONS}) == len(codegen.FUNCTIONS)
 
 
 def test_reference_solutions_all_pass(task):
@@ -180,3 +207,20 @@ def test_bad_config_is_a_one_line_error():
         CodegenTask(sandbox="docker")
     with pytest.raises(ConfigError, match="n_shown"):
         CodegenTask(n_shown=5, n_hidden=3, sandbox="process")
+
+
+def test_max_constant_bounds_the_problems_and_the_teachers_mistakes():
+    task = CodegenTask(seed=0, n_test_problems=64, max_constant=3, sandbox="process", sandbox_workers=1)
+    try:
+        fns = [e.meta["function"] for e in task.test_examples()] + [task.train_example(i).meta["function"] for i in range(200)]
+        assert max(fn.k for fn in fns) == 3 and {fn.transform for fn in fns} >= {"add", "mul", "sq"}
+        rng = random.Random(0)
+        wrong = [teacher_function(fn, 1.0, rng, max_constant=3) for fn in fns]
+        assert max(fn.k for fn in wrong) <= 3 and all(w != fn for w, fn in zip(wrong, fns))
+        assert task.cache_key()["max_constant"] == 3
+    finally:
+        task.close()
+    assert len(codegen.functions_up_to(9)) == len(FUNCTIONS) > len(codegen.functions_up_to(5))
+    for bad in (1, 10):
+        with pytest.raises(ConfigError, match="max_constant"):
+            CodegenTask(max_constant=bad, sandbox="process")

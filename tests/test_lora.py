@@ -91,6 +91,9 @@ def test_merged_weights_are_the_lora_policy_under_the_base_models_names(tmp_path
     model_cfg = type("M", (), {"dtype": "float32", "attn_implementation": "sdpa", "gradient_checkpointing": False})()
     exported = load_model(str(tmp_path / "merged"), model_cfg)
     assert type(exported) is Qwen2ForCausalLM and load_tokenizer(str(tmp_path / "merged")).pad_token_id is not None
+    # a character tokenizer with whitespace (codegen's) encodes it after the round trip (AutoTokenizer dropped it)
+    export_merged(policy, build_char_tokenizer("ab \n"), tmp_path / "merged_code")
+    assert load_tokenizer(str(tmp_path / "merged_code"))("a b\n", add_special_tokens=False)["input_ids"] == [2, 4, 3, 5]
     with torch.no_grad():
         torch.testing.assert_close(token_logprobs(exported, batch())[0], want, atol=1e-5, rtol=0)
 

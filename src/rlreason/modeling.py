@@ -82,9 +82,22 @@ def load_model(path: str, model_cfg: Any, dtype: torch.dtype | None = None) -> A
     return model
 
 
-def load_tokenizer(path: str) -> Any:
+# tokenizer_config.json's class of a plain ``tokenizers`` tokenizer (the embedded one, saved by transformers 4 / 5).
+PLAIN_TOKENIZER_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")
+
+
+def _saved_tokenizer_class(path: str) -> str | None:
     try:
-        if (Path(path) / "rlreason_base.json").exists():  # the embedded tokenizer: keep its class
+        return json.loads((Path(path) / "tokenizer_config.json").read_text()).get("tokenizer_class")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def load_tokenizer(path: str) -> Any:
+    """The tokenizer saved in ``path``. The embedded character tokenizer keeps its class: AutoTokenizer would
+    pick the model type's (Qwen2's), whose pre-tokenizer drops the spaces and newlines code needs."""
+    try:
+        if (Path(path) / "rlreason_base.json").exists() or _saved_tokenizer_class(path) in PLAIN_TOKENIZER_CLASSES:
             tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
         else:
             from transformers import AutoTokenizer

@@ -2,13 +2,17 @@
 
 Each problem is a function ``f`` over a short list of digits, made of an element-wise transform
 (``v+k``, ``v*k``, ``v%k``, ``v*v``, ...) and an aggregate (the list itself, ``sorted``, reversed,
-``sum``, ``max``, ``min``). The prompt shows ``n_shown`` examples, one per line::
+``sum``, ``max``, ``min``). As MBPP's prompts do, the prompt names the function in words and shows
+``n_shown`` examples, one per line::
 
+    each times 3
     f([3,1,2])=[9,3,6]
-    f([5,0])=[15,0]
-    f([2,7,7])=[6,21,21]
 
-and the completion is Python source defining ``f``. It is graded by running it in the sandbox on
+and the completion is Python source defining ``f``. With ``describe=false`` the prompt holds only
+the examples (show 3 then): an induction task (find ``k`` from the outputs) that the embedded
+model learns far more slowly, a difficulty knob (measured on 128 test problems after 200 warm-start
+steps: greedy 0.04, sampled 0.02 from examples alone; greedy 0.20, sampled 0.04-0.06 with the words,
+where what is left to learn is mostly copying the constant from the words into the code). It is graded by running it in the sandbox on
 ``n_hidden`` inputs (the shown ones and more, longer lists): reward 1.0 iff every output, decoded in
 the trainer's process, equals the value the generator (trusted code) computes.
 
@@ -109,21 +113,45 @@ FUNCTIONS = [
 ]
 
 
+# The words that name a transform (its constant as {k}) and an aggregate in a described prompt.
+TRANSFORM_WORDS = {"id": "", "add": "plus {k}", "sub": "minus {k}", "mul": "times {k}", "mod": "mod {k}",
+                   "div": "div {k}", "sq": "squared", "neg": "negated"}
+AGGREGATE_WORDS = {"list": "each", "sorted": "sorted", "rev": "reversed", "sum": "sum", "max": "max", "min": "min"}
+
+
+def describe(fn: Function) -> str:
+    """``fn`` in words, e.g. "sum times 3" (the aggregate, then the transform)."""
+    words = TRANSFORM_WORDS[fn.transform].format(k=fn.k)
+    return f"{AGGREGATE_WORDS[fn.aggregate]} {words}".strip()
+
+
+def prompt_text(fn: Function, shown: list[list[int]], described: bool) -> str:
+    """The prompt: the function in words (when ``described``), then one ``f(x)=y`` line per shown input."""
+    lines = [describe(fn)] if described else []
+    return "".join(f"{line}\n" for line in lines + [f"f({format_value(x)})={format_value(fn(x))}" for x in shown])
+
+
 def format_value(value: Any) -> str:
     """A value as the prompt shows it (no spaces: ``[9,3,6]``)."""
     return repr(value).replace(" ", "")
 
 
-def teacher_function(fn: Function, noise: float, rng: random.Random) -> Function:
+def functions_up_to(max_constant: int) -> list[Function]:
+    """The problems whose transform's constant is at most ``max_constant`` (the difficulty knob: how
+    many constants the words can name, and so how much copying the model must get right)."""
+    return [fn for fn in FUNCTIONS if fn.k <= max_constant]
+
+
+def teacher_function(fn: Function, noise: float, rng: random.Random, max_constant: int = 9) -> Function:
     """The imperfect teacher's idea of ``fn``: with probability ``noise`` each, a wrong constant
-    (another transform where there is none) and a wrong aggregate."""
+    (another of the task's, or another transform where there is none) and a wrong aggregate."""
     transform, k, aggregate = fn.transform, fn.k, fn.aggregate
     if rng.random() < noise:
-        constants = TRANSFORMS[transform].constants
-        if constants:
+        constants = [c for c in TRANSFORMS[transform].constants if c <= max_constant]
+        if len(constants) > 1:
             k = rng.choice([c for c in constants if c != k])
-        else:
-            transform = rng.choice([t for t in ("id", "sq", "neg") if t != transform])
+        else:  # (with max_constant 2, v*2, v%2 and v//2 have no other constant: another transform then)
+            transform, k = rng.choice([t for t in ("id", "sq", "neg") if t != transform]), 0
     if rng.random() < noise:
         aggregate = rng.choice([a for a in AGGREGATES if a != aggregate])
     if transform == "id" and aggregate == "list":
@@ -131,10 +159,11 @@ def teacher_function(fn: Function, noise: float, rng: random.Random) -> Function
     return Function(transform, k, aggregate)
 
 
-def make_problem(rng: random.Random, n_shown: int, n_hidden: int) -> tuple[Function, list[list[int]], list[list[int]]]:
-    """A function, its shown inputs (lists of 2-3 digits) and its hidden inputs (the shown ones,
-    then lists of 1-5 digits)."""
-    fn = rng.choice(FUNCTIONS)
+def make_problem(rng: random.Random, n_shown: int, n_hidden: int, functions: list[Function] | None = None
+                 ) -> tuple[Function, list[list[int]], list[list[int]]]:
+    """A function (of ``functions``, default all), its shown inputs (lists of 2-3 digits) and its hidden
+    inputs (the shown ones, then lists of 1-5 digits)."""
+    fn = rng.choice(functions or FUNCTIONS)
     shown = [[rng.randint(0, MAX_VALUE) for _ in range(rng.randint(2, 3))] for _ in range(n_shown)]
     extra = [[rng.randint(0, MAX_VALUE) for _ in range(rng.randint(1, 5))] for _ in range(n_hidden - n_shown)]
     return fn, shown, shown + extra
@@ -155,8 +184,10 @@ class Config(SandboxTaskConfig):
     """conf/task/codegen.yaml's keys (documented there); the sandbox's are SandboxTaskConfig's."""
 
     n_test_problems: int = 256
-    n_shown: int = 3
+    describe: bool = True
+    n_shown: int = 1
     n_hidden: int = 8
+    max_constant: int = 5
     teacher_noise: float = 0.4
     # One call of a one-line function over a short list: much tighter limits than MBPP+'s.
     test_timeout_s: float = 1.0
@@ -175,8 +206,10 @@ class CodegenTask(Task):
         self,
         seed: int = 0,
         n_test_problems: int = 256,
-        n_shown: int = 3,
+        describe: bool = True,
+        n_shown: int = 1,
         n_hidden: int = 8,
+        max_constant: int = 5,
         teacher_noise: float = 0.4,
         sandbox: str = "bwrap",
         sandbox_workers: int = 0,
@@ -187,17 +220,20 @@ class CodegenTask(Task):
     ):
         if n_shown < 1 or n_hidden < n_shown:
             raise ConfigError(f"task.n_shown={n_shown} must be >= 1 and task.n_hidden={n_hidden} >= it")
+        if not 2 <= max_constant <= 9:
+            raise ConfigError(f"task.max_constant={max_constant} must be in [2, 9] (transforms mul, mod and div start at 2)")
         if not 0.0 <= teacher_noise <= 1.0:
             raise ConfigError(f"task.teacher_noise={teacher_noise} must be in [0, 1]")
-        self.name, self.seed, self.noise = name, seed, teacher_noise
+        self.name, self.seed, self.noise, self.describe = name, seed, teacher_noise, describe
+        self.max_constant, self.functions = max_constant, functions_up_to(max_constant)
         self.n_shown, self.n_hidden, self.n_test_problems = n_shown, n_hidden, n_test_problems
-        rng = random.Random(f"codegen-test-{seed}-{n_shown}-{n_hidden}")
+        rng = random.Random(f"codegen-test-{seed}-{n_shown}-{n_hidden}" + self._variant())
         self._test: list[Example] = []
         self._test_prompts: set[str] = set()
         for _ in range(100 * n_test_problems):
             if len(self._test) == n_test_problems:
                 break
-            example = self._example(*make_problem(rng, n_shown, n_hidden), rng)
+            example = self._example(*make_problem(rng, n_shown, n_hidden, self.functions), rng)
             if example.prompt not in self._test_prompts:
                 self._test_prompts.add(example.prompt)
                 self._test.append(example)
@@ -205,14 +241,19 @@ class CodegenTask(Task):
         self._sandbox: Any = None
         self._open_sandbox()  # at start-up: a missing bubblewrap is a one-line error now, not mid-run
 
+    def _variant(self) -> str:
+        """The generator streams' suffix for settings added later (the examples-only, all-constants task keeps
+        its old problems)."""
+        return ("-described" if self.describe else "") + (f"-k{self.max_constant}" if self.max_constant != 9 else "")
+
     def _open_sandbox(self) -> Any:
         if self._sandbox is None:
             self._sandbox = open_sandbox(*self._sandbox_args)
         return self._sandbox
 
     def _example(self, fn: Function, shown: list[list[int]], hidden: list[list[int]], rng: random.Random) -> Example:
-        prompt = "".join(f"f({format_value(x)})={format_value(fn(x))}\n" for x in shown)
-        teacher = teacher_function(fn, self.noise, rng)
+        prompt = prompt_text(fn, shown, self.describe)
+        teacher = teacher_function(fn, self.noise, rng, self.max_constant)
         return Example(
             prompt=prompt,
             answer=fn.source("lambda"),
@@ -222,9 +263,9 @@ class CodegenTask(Task):
         )
 
     def train_example(self, index: int) -> Example:
-        rng = random.Random(f"codegen-train-{self.seed}-{self.n_shown}-{self.n_hidden}-{index}")
+        rng = random.Random(f"codegen-train-{self.seed}-{self.n_shown}-{self.n_hidden}{self._variant()}-{index}")
         while True:
-            example = self._example(*make_problem(rng, self.n_shown, self.n_hidden), rng)
+            example = self._example(*make_problem(rng, self.n_shown, self.n_hidden, self.functions), rng)
             if example.prompt not in self._test_prompts:
                 return example
 
@@ -243,7 +284,8 @@ class CodegenTask(Task):
             "n_hidden": self.n_hidden,
             "n_test_problems": self.n_test_problems,
             "teacher_noise": self.noise,
-        }
+        } | ({"describe": True} if self.describe else {}) | (  # the examples-only, all-constants task keeps its old key
+            {"max_constant": self.max_constant} if self.max_constant != 9 else {})
 
     def grade(self, completions: list[str], examples: list[Example]) -> list[Grade]:
         """All completions in one ``Sandbox.run`` (parallel across workers); an empty completion,
