@@ -13,6 +13,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
 from conftest import CONF, ROOT, compose
+from rlreason.tasks.arithmetic import ArithmeticTask
 from rlreason.config import validate
 from rlreason.errors import ConfigError
 
@@ -175,19 +176,23 @@ def test_resume_takes_an_option_added_since_the_run_at_its_default():
     assert any(line.startswith("optim.lr=") for line in resume_conflicts(saved, current))
 
 
+class _LongWarmStartTask(ArithmeticTask):
+    """A task whose base model needs more teacher steps than the default (as a plug-in task would say)."""
+
+    warm_start_steps = 900
+
+
 def test_warm_start_steps_default_to_the_tasks_own_and_are_recorded_as_a_number():
-    """model.warm_start.steps: null takes Task.warm_start_steps (codegen's longer sequences get fewer steps);
-    an explicit value wins; the run's config then holds the number, and the base-model cache key is the one
-    an explicit value gives (caches built before the field could be null keep their keys)."""
+    """model.warm_start.steps: null takes Task.warm_start_steps; an explicit value wins; the run's config then
+    holds the number, and the base-model cache key is the one an explicit value gives (caches built before the
+    field could be null keep their keys)."""
     from rlreason.config import fill_task_defaults
     from rlreason.modeling import warm_start_key
     from rlreason.tasks import build_task
-    from rlreason.tasks.arithmetic import ArithmeticTask
-    from rlreason.tasks.codegen import CodegenTask
 
-    assert CodegenTask.warm_start_steps < ArithmeticTask.warm_start_steps == 400
-    for overrides, steps in [((), 400), (("task=codegen",), CodegenTask.warm_start_steps),
-                             (("task=codegen", "model.warm_start.steps=7"), 7), (("task=codegen", "debug=true"), 60)]:
+    own = f"task._target_={__name__}._LongWarmStartTask"
+    for overrides, steps in [((), 400), (("task=codegen",), 400), ((own,), 900), ((own, "model.warm_start.steps=7"), 7),
+                             ((own, "debug=true"), 60)]:
         cfg = compose(*overrides)
         validate(cfg)
         fill_task_defaults(cfg)

@@ -200,7 +200,8 @@ class CodegenTask(Task):
 
     Config = Config
     name = "codegen"
-    warm_start_steps = 150  # sequences twice arithmetic's: 400 steps would be 12 of make train's 10 minutes
+    # (the default 400: on seed 0, greedy 0.31 / 0.33 / 0.38 after 100 / 200 / 300 steps, 0.99 at 400, when the
+    # copy of the constant from the words into the code appears; 150 steps left it at 0.28)
 
     def __init__(
         self,
