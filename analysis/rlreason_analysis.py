@@ -85,6 +85,9 @@ PAPER_METRICS = {
     "train_time_s": ("train_time", 3600.0),
 }
 PAPER_TASKS = ("math",)
+# The code tasks, and the paper's tables on code (2: SFT vs RL on MBPP+, 4: where the time goes, in minutes).
+CODE_TASKS = ("codegen", "mbppplus", "humaneval")
+PAPER_CODE_TABLES = (2, 4)
 
 
 @dataclass
@@ -1258,10 +1261,12 @@ def paper_beside(table: pd.DataFrame, sweep: Sweep) -> pd.DataFrame:
 
 def paper_reference(sweep: Sweep) -> pd.DataFrame:
     """The paper's numbers for the arms this sweep runs (every model size), for reading beside
-    ours when the setting differs: one row per (method, model size), one column per metric."""
+    ours when the setting differs: one row per (method, model size), one column per metric. A sweep on
+    a code task gets the code tables (MBPP+ pass@1/8, training minutes), any other the math ones."""
     methods = set(sweep.runs["paper_method"].dropna()) | {"Base"}
     results = paper_results()
-    results = results[results["method"].isin(methods) & ~results["metric"].str.startswith("mbpp")]
+    on_code = bool(set(sweep.runs["task"].dropna()) & set(CODE_TASKS))
+    results = results[results["method"].isin(methods) & (results["table"].isin(PAPER_CODE_TABLES) == on_code)]
     if results.empty:
         return pd.DataFrame(columns=["method", "model_size_b"])
     wide = results.drop_duplicates(["method", "model_size_b", "metric"]).pivot(

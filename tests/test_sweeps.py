@@ -360,11 +360,12 @@ def test_wandb_loader_reads_the_same_runs_as_the_sweep_folder(sweeps, monkeypatc
 
 
 # ---------------------------------------------------------------- tables on hand-made runs
-def _fake_run(folder: Path, kl: str, seed: int, status: str, acc: float, base: float, model: str = "qwen2.5-0.5b") -> None:
+def _fake_run(folder: Path, kl: str, seed: int, status: str, acc: float, base: float, model: str = "qwen2.5-0.5b",
+              task: str = "math") -> None:
     (folder / ".hydra").mkdir(parents=True)
     config = {"algorithm": {"name": "dash", "schedule": "preemptive", "generation_batch_size": None}, "kl": {"name": kl},
               "filter": {"name": "on"}, "sft": {"source": "teacher"}, "trainer": {"max_train_seconds": None},
-              "task": {"name": "math"}, "model": {"name": model}, "seed": seed}
+              "task": {"name": task}, "model": {"name": model}, "seed": seed}
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     summary = {"status": status, "final/math500/greedy_acc": acc, "base/math500/greedy_acc": base,
                "train_time_s": 3600.0 * (seed + 1)}
@@ -397,6 +398,20 @@ def test_tables_on_hand_made_runs_mean_std_base_and_paper_numbers(tmp_path):
     assert times.loc["DASH", "paper train_time_s"] == pytest.approx(6.6 * 3600)
     _fake_run(tmp_path / "10", "on", 3, "completed", 0.5, 0.5, model="tiny")  # a mixed setting: no paper numbers
     assert ra.paper_beside(ra.accuracy_table(ra.load_sweep(tmp_path)), ra.load_sweep(tmp_path))["paper final/math500/greedy_acc"].isna().all()
+
+
+def test_the_papers_reference_numbers_are_its_code_tables_for_a_code_task(tmp_path):
+    """Beside a code sweep, Tables 2 and 4 (MBPP+ pass@k, minutes); beside a math one, the math tables (hours)."""
+    for task, folder in (("codegen", tmp_path / "code"), ("math", tmp_path / "math")):
+        _fake_run(folder / "0", "on", 0, "completed", 0.5, 0.1, model="tiny", task=task)
+    code = ra.paper_reference(ra.load_sweep(tmp_path / "code")).set_index(["method", "model_size_b"])
+    assert code.loc[("DASH", 0.5), "mbppplus_pass@1"] == pytest.approx(11.4)
+    assert code.loc[("DASH", 0.5), "train_time"] == pytest.approx(16.5)  # Table 4's minutes, not Table 3's hours
+    assert not any(str(c).startswith("math500") for c in code.columns)
+    math_ = ra.paper_reference(ra.load_sweep(tmp_path / "math")).set_index(["method", "model_size_b"])
+    assert math_.loc[("DASH", 0.5), "math500_acc"] == pytest.approx(27.2)
+    assert math_.loc[("DASH", 0.5), "train_time"] == pytest.approx(6.6)
+    assert not any(str(c).startswith("mbpp") for c in math_.columns)
 
 
 def test_a_sweep_run_into_a_sub_folder_of_another_is_part_of_it(tmp_path):
