@@ -53,6 +53,11 @@ FINDINGS_SEEDS ?= 0,1,2,3,4
 FINDINGS_PPO_SECONDS ?= 225
 FINDINGS_ARGS := task=multistep +task@eval.tasks.multistep_ood=multistep eval.tasks.multistep_ood.split=ood \
 	eval.every=50 seed=$(FINDINGS_SEEDS) hydra/launcher=local_joblib resume=true
+# make code-tables: the paper's Tables 2 and 4 on the embedded code task (sft_vs_rl_code, wall_clock_code), 3 seeds,
+# two jobs at a time, one thread each, evaluated at the start and the end only, into one fixed folder with
+# resume=true (rerun to finish), then the report in reports/code/ (docs/code.md).
+CODE_DIR ?= multirun/code
+CODE_ARGS := hydra/launcher=local_joblib resume=true threads=1 eval.every=0
 # Extra arguments for benchmarks/bench.py, e.g. make bench BENCH_ARGS="--quick" or "--reps 5".
 BENCH_ARGS ?=
 # Extra arguments for benchmarks/gpu_check.py, e.g. make gpu-check GPU_CHECK_ARGS=--cpu-smoke.
@@ -116,6 +121,11 @@ findings: $(STAMP) ## The sweep behind docs/findings.md (about 2 h 25 min on 2 c
 		resume=true hydra.sweep.dir=$(FINDINGS_DIR)/pass_at_k $(ARGS)
 	$(PY) analysis/make_report.py $(FINDINGS_DIR) --report reports/findings
 
+code-tables: $(STAMP) ## The sweep behind docs/code.md's Tables 2 and 4 (resumable: rerun it), then its report in reports/code/.
+	$(PY) train.py --multirun experiment=sft_vs_rl_code $(CODE_ARGS) hydra.sweep.dir=$(CODE_DIR)/sft_vs_rl_code $(ARGS)
+	$(PY) train.py --multirun experiment=wall_clock_code $(CODE_ARGS) hydra.sweep.dir=$(CODE_DIR)/wall_clock_code $(ARGS)
+	$(PY) analysis/make_report.py $(CODE_DIR) --report reports/code
+
 bench: $(STAMP) ## Time GRPO vs DASH vs TRL's GRPOTrainer, throughput curves, code completions scored per second (~20 min); BENCH_ARGS=--quick for a smoke test.
 	@$(PY) -c "import trl; assert trl.__version__ == '1.16.0'" 2>/dev/null || { $(PIP) install -q -c $(VENV)/constraints.txt -e '.[bench]' 2>&1 | $(QUIET_PIP); }
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
@@ -126,4 +136,4 @@ gpu-check: $(STAMP) ## On a GPU machine (<5 min): Qwen2.5-0.5B-shaped grpo vs da
 clean: ## Remove run outputs (keeps .venv and the cached base models).
 	rm -rf outputs multirun wandb reports
 
-.PHONY: help install install-vllm train test test-heavy test-vllm sweep findings analysis bench gpu-check clean
+.PHONY: help install install-vllm train test test-heavy test-vllm sweep findings code-tables analysis bench gpu-check clean
