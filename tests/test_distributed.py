@@ -49,6 +49,10 @@ RUNS = [
      "eval.at_start=false", "eval.sampled=false", "eval.greedy=false"],
     ["algorithm=ppo_mini", "algorithm.loss_agg=seq_mean_token_sum_norm", "kl=off", "filter=on", "trainer.micro_batch_size=4",
      "eval.at_start=false", "eval.sampled=false", "eval.greedy=false"],
+    # LoRA under DDP, KL on: only the adapters train and are all-reduced, the reference is the policy with its
+    # adapters disabled (through the DDP wrapper).
+    ["algorithm=dash", "kl=on", "filter=on", "trainer.micro_batch_size=4", "model.lora.rank=4",
+     "eval.at_start=false", "eval.sampled=false"],
 ]
 # Quantities that must be equal exactly (computed from the same rollouts, gathered in the same order).
 EXACT = ("reward/", "completions/", "filter/", "eval/greedy", "eval/sampled", "train/accuracy", "train/lr",

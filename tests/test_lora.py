@@ -274,3 +274,25 @@ def test_the_default_run_with_lora_gains_at_least_half_of_the_full_fine_tunes(tm
         gain = {name: s[f"final/{metric}"] - s[f"base/{metric}"] for name, s in summary.items()}
         assert gain["full"] > 0.1, (metric, gain)  # the full fine-tune learns: the comparison means something
         assert gain["lora"] >= 0.5 * gain["full"], (metric, gain)
+
+
+def test_the_adapters_initial_weights_depend_on_the_run_seed_alone():
+    """Not on what the process drew before (a base model just built or read from the cache, another rank's
+    stream): otherwise one process and two, or a fresh cache and a warm one, start from other adapters."""
+    from conftest import compose
+    from rlreason.modeling import load_policy
+    from rlreason.tasks import build_task
+
+    cfg = compose("debug=true", "model.lora.rank=4")
+    task = build_task(cfg.task)
+
+    def adapters(draws: int, seed: int | None = None) -> dict[str, torch.Tensor]:
+        torch.rand(draws)  # the process's stream is elsewhere
+        run_cfg = cfg if seed is None else compose("debug=true", "model.lora.rank=4", f"seed={seed}")
+        policy, _, _ = load_policy(run_cfg, task)
+        return {n: p.detach().clone() for n, p in policy.named_parameters() if "lora_A" in n}
+
+    first, again = adapters(1), adapters(1000)
+    assert first and all(torch.equal(first[n], again[n]) for n in first)
+    other = adapters(1, seed=1)
+    assert not all(torch.equal(first[n], other.get(n, first[n] + 1)) for n in first)

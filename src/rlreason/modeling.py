@@ -216,7 +216,12 @@ def load_policy(cfg: Any, task: Task, tokenizer: Any = None) -> tuple[Any, Any, 
     already loaded from the same path is reused."""
     path = base_model_path(cfg, task)
     tokenizer = tokenizer or load_tokenizer(path)
-    model = apply_lora(load_model(path, cfg.model), cfg.model.lora)  # rank 0: the model itself
+    model = load_model(path, cfg.model)
+    # The adapters' random init from the run's seed alone: not from whatever the process drew before (a base
+    # model just built or read from the cache, another rank's stream), so one process and two give one run.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = apply_lora(model, cfg.model.lora)  # rank 0: the model itself
     model.train()
     return model, tokenizer, path
 
