@@ -13,7 +13,6 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
 from conftest import CONF, ROOT, compose
-from rlreason.tasks.arithmetic import ArithmeticTask
 from rlreason.config import validate
 from rlreason.errors import ConfigError
 
@@ -174,34 +173,3 @@ def test_resume_takes_an_option_added_since_the_run_at_its_default():
     assert resume_conflicts(saved, changed) == ["model.lora.rank=8 here, 0 in the run"]
     saved.optim.lr = 1.0  # a setting the run did have still counts
     assert any(line.startswith("optim.lr=") for line in resume_conflicts(saved, current))
-
-
-class _LongWarmStartTask(ArithmeticTask):
-    """A task whose base model needs more teacher steps than the default (as a plug-in task would say)."""
-
-    warm_start_steps = 900
-
-
-def test_warm_start_steps_default_to_the_tasks_own_and_are_recorded_as_a_number():
-    """model.warm_start.steps: null takes Task.warm_start_steps; an explicit value wins; the run's config then
-    holds the number, and the base-model cache key is the one an explicit value gives (caches built before the
-    field could be null keep their keys)."""
-    from rlreason.config import fill_task_defaults
-    from rlreason.modeling import warm_start_key
-    from rlreason.tasks import build_task
-
-    own = f"task._target_={__name__}._LongWarmStartTask"
-    for overrides, steps in [((), 400), (("task=codegen",), 400), ((own,), 900), ((own, "model.warm_start.steps=7"), 7),
-                             ((own, "debug=true"), 60)]:
-        cfg = compose(*overrides)
-        validate(cfg)
-        fill_task_defaults(cfg)
-        assert cfg.model.warm_start.steps == steps, overrides
-    implicit, explicit = compose(), compose("model.warm_start.steps=400")
-    assert implicit.model.warm_start.steps is None
-    task = build_task(implicit.task)
-    assert warm_start_key(implicit, task) == warm_start_key(explicit, task)
-    assert warm_start_key(implicit, task)["warm_start"]["steps"] == 400
-    hub = compose("model=qwen2.5-0.5b-shape")
-    fill_task_defaults(hub)
-    assert hub.model.warm_start.steps is None  # no warm start there: nothing to fill

@@ -25,7 +25,7 @@ from typing import Any, Callable
 from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig
 
-from rlreason.config import fill_task_defaults, validate
+from rlreason.config import validate
 from rlreason.errors import UserError, first_line
 from rlreason.provenance import collect_provenance
 
@@ -39,7 +39,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from rlreason.distributed import launched_world_size
 
     validate(cfg, world_size=launched_world_size())
-    fill_task_defaults(cfg)
     import transformers
 
     transformers.utils.logging.set_verbosity_error()

@@ -81,7 +81,7 @@ class FilterConfig:
 @dataclass
 class WarmStartConfig:
     enabled: bool = True
-    steps: Optional[int] = None  # null: the task's own (Task.warm_start_steps)
+    steps: int = 400
     batch_size: int = 64
     lr: float = 1e-3
 
@@ -251,16 +251,6 @@ def with_typed_tasks(cfg: DictConfig) -> DictConfig:
     for name in list(cfg.eval.tasks.keys()):
         out.eval.tasks[name] = typed_task_config(cfg.eval.tasks[name], f"eval.tasks.{name}")
     return out
-
-
-def fill_task_defaults(cfg: DictConfig) -> None:
-    """Settings whose null means "the task's own", set to the task's value, so that config.yaml records
-    the number the run used and a resume compares numbers: ``model.warm_start.steps`` (an embedded model)."""
-    from rlreason.tasks import task_class
-
-    warm = cfg.model.warm_start
-    if warm.enabled and not cfg.model.name_or_path and warm.steps is None:
-        warm.steps = int(task_class(cfg.task).warm_start_steps)
 
 
 def unknown_keys(cfg: DictConfig, schema: type = Config, prefix: str = "") -> list[str]:

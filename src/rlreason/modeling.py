@@ -123,11 +123,6 @@ def base_model_path(cfg: Any, task: Task) -> str:
     return str(ensure_warm_start(cfg, task))
 
 
-def warm_start_steps(ws_cfg: Any, task: Task) -> int:
-    """``model.warm_start.steps``, or where null the task's own (``Task.warm_start_steps``)."""
-    return int(ws_cfg.steps) if ws_cfg.steps is not None else int(task.warm_start_steps)
-
-
 def warm_start_key(cfg: Any, task: Task) -> dict[str, Any]:
     """Every setting that changes the warm-started base model: the model's shape, the task's data
     (``Task.cache_key``, plus its alphabet when not the arithmetic one, so old caches keep their keys)."""
@@ -143,7 +138,7 @@ def warm_start_key(cfg: Any, task: Task) -> dict[str, Any]:
         "model": {k: m[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                                     "num_key_value_heads", "max_position_embeddings")},
         "task": task_key,
-        "warm_start": {"enabled": w.enabled, "steps": warm_start_steps(w, task), "batch_size": w.batch_size, "lr": w.lr},
+        "warm_start": {k: w[k] for k in ("enabled", "steps", "batch_size", "lr")},
         "seed": cfg.seed,
     } | ({"vocab_size": m.vocab_size} if m.vocab_size else {})  # only when set: older caches keep their keys
 
@@ -173,7 +168,7 @@ def ensure_warm_start(cfg: Any, task: Task) -> Path:
         model = build_tiny_model(cfg.model, tokenizer, cfg.seed)
         n_params = sum(p.numel() for p in model.parameters())
         log.info("building the base model (%.2fM params, %d warm-start steps), cached in %s", n_params / 1e6,
-                 warm_start_steps(cfg.model.warm_start, task) if cfg.model.warm_start.enabled else 0, target)
+                 cfg.model.warm_start.steps if cfg.model.warm_start.enabled else 0, target)
         if cfg.model.warm_start.enabled:
             warm_start(model, tokenizer, task, cfg.model.warm_start, cfg.seed)
         tmp = cache / f".tmp-base-{digest}-{os.getpid()}"
@@ -189,11 +184,10 @@ def ensure_warm_start(cfg: Any, task: Task) -> Path:
 def warm_start(model: Any, tokenizer: Any, task: Task, ws_cfg: Any, seed: int) -> None:
     """SFT on the teacher's noisy worked solutions: partial skill, as a real base model has."""
     torch.manual_seed(seed)
-    steps = warm_start_steps(ws_cfg, task)
     optimizer = torch.optim.AdamW(model.parameters(), lr=ws_cfg.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / max(1, steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / max(1, ws_cfg.steps))
     model.train()
-    for step in range(steps):
+    for step in range(ws_cfg.steps):
         examples = task.train_batch(WARM_START_DATA_OFFSET + step * ws_cfg.batch_size, ws_cfg.batch_size)
         prompts = [tokenizer(e.prompt, add_special_tokens=False)["input_ids"] for e in examples]
         targets = [tokenizer(task.sft_target(e, "teacher"), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -206,9 +200,9 @@ def warm_start(model: Any, tokenizer: Any, task: Task, ws_cfg: Any, seed: int) -
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        if (step + 1) % max(1, steps // 4) == 0:
+        if (step + 1) % max(1, ws_cfg.steps // 4) == 0:
             nll = float(-(logp.detach() * batch.completion_mask).sum() / batch.completion_mask.sum())
-            log.info("warm start %d/%d: token nll %.3f", step + 1, steps, nll)
+            log.info("warm start %d/%d: token nll %.3f", step + 1, ws_cfg.steps, nll)
 
 
 def load_policy(cfg: Any, task: Task, tokenizer: Any = None) -> tuple[Any, Any, str]:

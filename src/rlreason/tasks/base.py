@@ -77,9 +77,6 @@ class Task(ABC):
     # The YAML's keys and their types; a subclass with fields of its own sets its own dataclass.
     Config: ClassVar[type] = TaskConfig
     name: str
-    # Teacher-demonstration steps that give the embedded model partial skill on this task (when
-    # model.warm_start.steps is null): a property of the task, as its sequence length sets a step's cost.
-    warm_start_steps: ClassVar[int] = 400
 
     @classmethod
     def from_config(cls, cfg: Any, context: TaskContext) -> "Task":

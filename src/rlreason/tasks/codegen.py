@@ -12,8 +12,9 @@ and the completion is Python source defining ``f``. With ``describe=false`` the 
 the examples (show 3 then): an induction task (find ``k`` from the outputs) that the embedded
 model learns far more slowly, a difficulty knob (measured on 128 test problems after 200 warm-start
 steps: greedy 0.04, sampled 0.02 from examples alone; greedy 0.20, sampled 0.04-0.06 with the words,
-where what is left to learn is mostly copying the constant from the words into the code). It is graded by running it in the sandbox on
-``n_hidden`` inputs (the shown ones and more, longer lists): reward 1.0 iff every output, decoded in
+where what is left to learn is mostly copying the constant from the words into the code; that copy
+appears near the end of model.warm_start.steps=400: greedy 0.38 after 300 steps, 0.99 at 400).
+It is graded by running it in the sandbox on ``n_hidden`` inputs (the shown ones and more, longer lists): reward 1.0 iff every output, decoded in
 the trainer's process, equals the value the generator (trusted code) computes.
 
 The solution length is free: the same function can be written as ``f=lambda x:[v*3 for v in x]``,
@@ -200,8 +201,6 @@ class CodegenTask(Task):
 
     Config = Config
     name = "codegen"
-    # (the default 400: on seed 0, greedy 0.31 / 0.33 / 0.38 after 100 / 200 / 300 steps, 0.99 at 400, when the
-    # copy of the constant from the words into the code appears; 150 steps left it at 0.28)
 
     def __init__(
         self,
