@@ -13,7 +13,9 @@ from rlreason.errors import SandboxError
 from rlreason.sandbox import Outcome, Program, Sandbox, SandboxConfig, decode, encode
 
 SECRET = "rlreason-test-secret-4b1d"
-LIMITS = dict(test_timeout_s=1.0, completion_timeout_s=3.0, cpu_s=3.0, memory_mb=512, processes=32)
+# memory_mb: the memory bomb must fault in ~memory_mb of pages before MemoryError; CI, loaded, took over 1 s for
+# 512 MiB (0.3 s here idle), so the limit is small and one call has 2 s.
+LIMITS = dict(test_timeout_s=2.0, completion_timeout_s=3.0, cpu_s=3.0, memory_mb=256, processes=32)
 # The bound on how long one hostile program may hold a worker: its limits plus the kill and the reply.
 BOUND_S = LIMITS["completion_timeout_s"] + 1.5
 GOOD = Program("def f(x):\n    return x + 1\n", "f", [[1], [2]])
