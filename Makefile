@@ -53,6 +53,13 @@ FINDINGS_SEEDS ?= 0,1,2,3,4
 FINDINGS_PPO_SECONDS ?= 225
 FINDINGS_ARGS := task=multistep +task@eval.tasks.multistep_ood=multistep eval.tasks.multistep_ood.split=ood \
 	eval.every=50 seed=$(FINDINGS_SEEDS) hydra/launcher=local_joblib resume=true
+# make ablations: the beyond-the-paper experiment files on task=multistep (docs/findings.md, "Beyond the paper"),
+# same seeds and layout as make findings: sample selection at equal time (filter_vs_dynamic), sampling
+# throughput against the generation batch (generation_batch_size), today's named losses (loss_variants).
+ABLATIONS_DIR ?= multirun/ablations
+# filter_vs_dynamic's training seconds per arm on multistep: what No-KL (findings' DASH without KL, filter on,
+# filter_vs_dynamic's dash_no_kl arm) took for 100 steps there (167 s, mean of 5 seeds, two jobs at a time).
+ABLATIONS_FILTER_SECONDS ?= 170
 # make code-tables: the paper's Tables 2 and 4 on the embedded code task (sft_vs_rl_code, wall_clock_code), 3 seeds,
 # two jobs at a time, one thread each, evaluated at the start and the end only, into one fixed folder with
 # resume=true (rerun to finish), then the report in reports/code/ (docs/code.md).
@@ -121,6 +128,14 @@ findings: $(STAMP) ## The sweep behind docs/findings.md (about 2 h 25 min on 2 c
 		resume=true hydra.sweep.dir=$(FINDINGS_DIR)/pass_at_k $(ARGS)
 	$(PY) analysis/make_report.py $(FINDINGS_DIR) --report reports/findings
 
+ablations: $(STAMP) ## The beyond-the-paper experiment files on multistep, 5 seeds (about 2 h on 2 cores, resumable: rerun it), then reports/ablations/.
+	$(PY) train.py --multirun experiment=filter_vs_dynamic $(FINDINGS_ARGS) trainer.max_train_seconds=$(ABLATIONS_FILTER_SECONDS) \
+		hydra.sweep.dir=$(ABLATIONS_DIR)/filter_vs_dynamic $(ARGS)
+	$(PY) train.py --multirun experiment=generation_batch_size task=multistep seed=$(FINDINGS_SEEDS) hydra/launcher=local_joblib \
+		resume=true hydra.sweep.dir=$(ABLATIONS_DIR)/generation_batch_size $(ARGS)
+	$(PY) train.py --multirun experiment=loss_variants $(FINDINGS_ARGS) hydra.sweep.dir=$(ABLATIONS_DIR)/loss_variants $(ARGS)
+	$(PY) analysis/make_report.py $(ABLATIONS_DIR) --report reports/ablations
+
 code-tables: $(STAMP) ## The sweep behind docs/code.md's Tables 2 and 4 (resumable: rerun it), then its report in reports/code/.
 	$(PY) train.py --multirun experiment=sft_vs_rl_code $(CODE_ARGS) hydra.sweep.dir=$(CODE_DIR)/sft_vs_rl_code $(ARGS)
 	$(PY) train.py --multirun experiment=wall_clock_code $(CODE_ARGS) hydra.sweep.dir=$(CODE_DIR)/wall_clock_code $(ARGS)
@@ -136,4 +151,4 @@ gpu-check: $(STAMP) ## On a GPU machine (<5 min): Qwen2.5-0.5B-shaped grpo vs da
 clean: ## Remove run outputs (keeps .venv and the cached base models).
 	rm -rf outputs multirun wandb reports
 
-.PHONY: help install install-vllm train test test-heavy test-vllm sweep findings code-tables analysis bench gpu-check clean
+.PHONY: help install install-vllm train test test-heavy test-vllm sweep findings ablations code-tables analysis bench gpu-check clean
