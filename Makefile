@@ -128,7 +128,7 @@ findings: $(STAMP) ## The sweep behind docs/findings.md (about 2 h 25 min on 2 c
 		resume=true hydra.sweep.dir=$(FINDINGS_DIR)/pass_at_k $(ARGS)
 	$(PY) analysis/make_report.py $(FINDINGS_DIR) --report reports/findings
 
-ablations: $(STAMP) ## The beyond-the-paper experiment files on multistep, 5 seeds (about 2 h on 2 cores, resumable: rerun it), then reports/ablations/.
+ablations: $(STAMP) ## The beyond-the-paper experiment files on multistep, 5 seeds (about 1 h 35 min on 2 cores, resumable: rerun it), then reports/ablations/.
 	$(PY) train.py --multirun experiment=filter_vs_dynamic $(FINDINGS_ARGS) trainer.max_train_seconds=$(ABLATIONS_FILTER_SECONDS) \
 		hydra.sweep.dir=$(ABLATIONS_DIR)/filter_vs_dynamic $(ARGS)
 	$(PY) train.py --multirun experiment=generation_batch_size task=multistep seed=$(FINDINGS_SEEDS) hydra/launcher=local_joblib \

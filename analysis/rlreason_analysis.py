@@ -1190,6 +1190,10 @@ def load_runs_csv(path: Path | str) -> list[Sweep]:
     sweeps = []
     for name, runs in table.groupby("experiment", sort=False):
         runs = _drop_empty(runs.drop(columns="experiment").reset_index(drop=True))
+        for column in AXES:  # ints read beside another experiment's empty cells come back as floats (8.0)
+            values = runs[column] if column in runs else None
+            if values is not None and values.dtype.kind == "f" and values.notna().all() and (values % 1 == 0).all():
+                runs[column] = values.astype("int64")
         sweeps.append(Sweep(name=str(name), path=str(path), runs=runs, curves=_curves_frame([])))
     return sweeps
 

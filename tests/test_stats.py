@@ -344,6 +344,18 @@ def test_every_table_rebuilds_from_runs_csv_alone(tmp_path):
     assert ra.load_sweeps(path)[1].name == "loss_variants"
 
 
+def test_an_integer_axis_stays_integer_in_a_runs_csv_that_pools_experiments(tmp_path):
+    # generation_batch_size is empty in the other experiment's rows; read back it must be 8, not 8.0, or its
+    # tables print "8.0" (docs/findings/ablations/ pools three experiments).
+    path = tmp_path / "runs.csv"
+    path.write_text("experiment,run,arm,seed,status,generation_batch_size\n"
+                    "loss_variants,0_a,dash,0,completed,\n"
+                    "generation_batch_size,0_b,generation_batch_size=8,0,completed,8\n")
+    loss, gbs = ra.load_runs_csv(path)
+    assert gbs.runs["generation_batch_size"].dtype.kind == "i" and gbs.runs["generation_batch_size"][0] == 8
+    assert "generation_batch_size" not in loss.runs or loss.runs["generation_batch_size"].isna().all()
+
+
 def test_a_csv_that_is_not_a_runs_csv_fails_with_one_line(tmp_path):
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="not a runs.csv from make analysis: it lacks the column"):
