@@ -1184,16 +1184,14 @@ def load_runs_csv(path: Path | str) -> list[Sweep]:
     missing = [c for c in ("experiment", "run", "arm", "seed", "status") if c not in table]
     if missing:
         raise ValueError(f"{path} is not a runs.csv from make analysis: it lacks the column(s) {', '.join(missing)}")
-    for column in ("run", "arm", "arm_file", "paper_method", "error", *AXES, "seed"):
-        if column in table:
-            table[column] = table[column].astype(object).map(_csv_value)
     sweeps = []
     for name, runs in table.groupby("experiment", sort=False):
-        runs = _drop_empty(runs.drop(columns="experiment").reset_index(drop=True))
-        for column in AXES:  # ints read beside another experiment's empty cells come back as floats (8.0)
-            values = runs[column] if column in runs else None
-            if values is not None and values.dtype.kind == "f" and values.notna().all() and (values % 1 == 0).all():
-                runs[column] = values.astype("int64")
+        runs = runs.drop(columns="experiment").reset_index(drop=True)
+        # Per experiment: over the whole file, ints beside another experiment's empty cells come back as 8.0.
+        for column in ("run", "arm", "arm_file", "paper_method", "error", *AXES, "seed"):
+            if column in runs:
+                runs[column] = runs[column].astype(object).map(_csv_value)
+        runs = _drop_empty(runs)
         sweeps.append(Sweep(name=str(name), path=str(path), runs=runs, curves=_curves_frame([])))
     return sweeps
 
