@@ -3,7 +3,8 @@
 1. ``grpo`` vs ``dash_nofilter`` at the Qwen2.5-0.5B shape (random weights, a short run through
    benchmarks/bench.py --shape): seconds per arm and their ratio;
 2. the log-prob step's peak memory and time, full logits vs chunked (bench.py --logprobs);
-3. one LoRA training step (skipped, with a message, while ``rlreason.modeling.apply_lora`` is absent);
+   with the model's activations kept and with gradient checkpointing (what the Qwen2.5 configs run);
+3. one LoRA training step;
 4. where vLLM is installed: one vLLM sampling step, an optimizer step, the weight push and its check.
 
 ``--cpu-smoke`` shrinks the shape (1 layer, width 64, vocabulary 2048, short completions) so the
@@ -57,11 +58,8 @@ def check_logprobs(overrides: list[str], completion: int) -> dict[str, Any]:
             "tokens": f"{full['rows']}x({full['prompt']}+{full['completion']})"}
 
 
-def check_lora(overrides: list[str]) -> dict[str, Any] | str:
+def check_lora(overrides: list[str]) -> dict[str, Any]:
     from rlreason import modeling
-
-    if not hasattr(modeling, "apply_lora"):
-        return "skipped: LoRA (rlreason.modeling.apply_lora) is not in this version yet"
     from rlreason.batching import make_batch, token_logprobs
 
     model = bench.shape_model([f"model={SHAPE}-shape", *overrides]).to(bench.DEVICE)
@@ -138,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     checks = [
         ("grpo vs dash_nofilter, qwen2.5-0.5b shape", lambda: check_arms(overrides, 1 if smoke else 2, out / "arms")),
         ("log-prob step: full vs chunked", lambda: check_logprobs(overrides, 16 if smoke else 512)),
+        ("log-prob step: full vs chunked, gradient checkpointing",
+         lambda: check_logprobs([*overrides, "model.gradient_checkpointing=true"], 16 if smoke else 512)),
         ("LoRA step", lambda: check_lora(overrides)),
         ("vLLM sample + push", lambda: check_vllm(overrides)),
     ]
