@@ -100,6 +100,7 @@ def test_wandb_offline_history_matches_metrics_file(tmp_path):
         by_step.setdefault(row["_step"], {}).update(row)
     for row in read_metrics(tmp_path, "train"):
         assert by_step[row["step"]]["reward/mean"] == pytest.approx(row["reward/mean"])
+        assert by_step[row["step"]]["memory/peak_gb"] == pytest.approx(row["memory/peak_gb"])  # the dashboard has it too
     for row in read_metrics(tmp_path, "eval"):
         assert by_step[row["step"]]["eval/greedy_acc"] == pytest.approx(row["eval/greedy_acc"])
     info = read_run_info(tmp_path)
