@@ -65,6 +65,20 @@ def test_every_algorithm_runs_and_logs_its_metrics(tmp_path, algorithm):
     assert summary["memory/peak_gb"] == max(r["memory/peak_gb"] for r in train)
 
 
+def test_cpu_peak_memory_is_the_process_high_water_mark_in_gigabytes():
+    from rlreason.learner import peak_memory_gb
+
+    def high_water_kib() -> int:  # the kernel's own figure, in KiB
+        status = open("/proc/self/status").read()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+
+    before = high_water_kib()
+    reported = peak_memory_gb(None)
+    after = high_water_kib()
+    # ru_maxrss and VmHWM are the same counter in KiB: 1 KiB is 1024 bytes, not 1000.
+    assert before * 1024 / 1e9 <= reported <= after * 1024 / 1e9
+
+
 def test_kl_off_never_loads_the_reference(tmp_path):
     from rlreason.trainer import Trainer
 

@@ -29,14 +29,14 @@ log = logging.getLogger(__name__)
 
 def peak_memory_gb(device: torch.device | None) -> float:
     """Peak memory since the last call: the CUDA allocator's peak on a GPU (then reset, so each step
-    reports its own), else the process's peak resident set size (Linux: ru_maxrss in KiB)."""
+    reports its own), else the process's peak resident set size (Linux: ru_maxrss, in KiB)."""
     if device is not None and torch.device(device).type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 1e9
         torch.cuda.reset_peak_memory_stats(device)
         return peak
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
 class PhaseTimer:
