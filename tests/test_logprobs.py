@@ -80,3 +80,46 @@ def test_chunked_through_a_wrapper_with_module():
         want, _ = token_logprobs(model, batch, chunk_elements=None)
     assert wrapped.calls == 1
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def accelerate_mixed_precision(model):
+    """What ``accelerator.prepare`` does to a model under ``mixed_precision=bf16`` (accelerate's own
+    helpers): its forward runs under bf16 autocast and its outputs come back cast to fp32, the hidden
+    states included, so the chunked output layer sees fp32 hidden states whatever the weights' dtype."""
+    from accelerate.utils import convert_outputs_to_fp32
+
+    forward = torch.autocast("cpu", dtype=torch.bfloat16)(model.forward)
+    model.forward = convert_outputs_to_fp32(forward)
+    return model
+
+
+def test_chunked_under_bf16_mixed_precision_is_the_full_paths_computation():
+    """accelerate bf16 with bf16 weights (model.dtype=bfloat16) once failed here: fp32 hidden states
+    against a bf16 output layer. With fp32 weights the output layer must compute in bf16, as the full
+    path's does inside the forward's autocast (an fp32 head is several times slower on a GPU): the
+    log-probs equal the full path's, and every gradient is as close to the fp32 model's as the full
+    path's is (the weight gradient is summed over chunks in fp32)."""
+    batch = random_batch(97, seed=5)
+
+    def run(model, chunk, autocast):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):  # Parallel.autocast() in the learner
+            logp, _ = token_logprobs(model, batch, chunk_elements=chunk)
+        weights = torch.linspace(-1.0, 2.0, logp.numel()).view_as(logp)
+        ((logp * weights) * batch.completion_mask).sum().backward()  # outside autocast, as the learner's backward
+        return logp.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+    _, exact = run(tiny_qwen(tie=True), None, autocast=False)
+    for weights in (torch.bfloat16, torch.float32):
+        model = accelerate_mixed_precision(tiny_qwen(tie=True).to(weights))
+        full_logp, full_grads = run(model, None, autocast=True)
+        chunk_logp, chunk_grads = run(model, 97 * 2, autocast=True)
+        torch.testing.assert_close(chunk_logp, full_logp, atol=1e-5, rtol=0, msg=str(weights))
+        for name, grad in exact.items():
+            assert chunk_grads[name].dtype == weights
+            error = lambda g: float((g.float() - grad).norm() / grad.norm())  # noqa: E731
+            assert error(chunk_grads[name]) <= max(1.25 * error(full_grads[name]), 1e-3), (weights, name)
+        # Outside autocast (evaluation, scripts): no dtype clash, the weights' dtype decides.
+        with torch.no_grad():
+            plain, _ = token_logprobs(model, batch)
+        assert plain.dtype == torch.float32 and torch.isfinite(plain).all()

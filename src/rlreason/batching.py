@@ -105,49 +105,66 @@ class _ChunkedHeadLogprobs(torch.autograd.Function):
 
     Forward: per chunk, logits -> log-probs, log-normalisers (kept: [N] floats) and entropies. Backward: per
     chunk, the logits are recomputed, d logp / d logits = onehot - softmax, and the hidden-state gradient is
-    written in place and the weight gradient accumulated in one buffer (no per-chunk [vocab, H] gradients).
+    written in place and the weight gradient accumulated in one fp32 buffer (no per-chunk [vocab, H] gradients
+    in fp32; one rounding to the weight's dtype at the end, as the full path's single matmul has).
+
+    The output layer's matmuls run in the autocast dtype when the call is made under autocast (as the
+    full path's would inside the model's forward, which under accelerate has ended by the time the hidden
+    states come back, cast to fp32), else in the weight's dtype; softmax and logsumexp in fp32.
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, ids, rows, with_entropy):  # noqa: ANN001
+        device_type = hidden.device.type
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
+        w, b = weight.to(dtype), None if bias is None else bias.to(dtype)
         n = hidden.shape[0]
         logp = hidden.new_empty(n, dtype=torch.float32)
         log_norm = hidden.new_empty(n, dtype=torch.float32)
         entropy = hidden.new_empty(n if with_entropy else 0, dtype=torch.float32)
         for s in range(0, n, rows):
-            logits = torch.nn.functional.linear(hidden[s:s + rows], weight, bias).float()
+            logits = torch.nn.functional.linear(hidden[s:s + rows].to(dtype), w, b).float()
             lse = torch.logsumexp(logits, dim=-1)
             log_norm[s:s + rows] = lse
             logp[s:s + rows] = logits.gather(-1, ids[s:s + rows].unsqueeze(-1)).squeeze(-1) - lse
             if with_entropy:
                 entropy[s:s + rows] = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
         ctx.save_for_backward(hidden, weight, bias, ids, log_norm)
-        ctx.rows = rows
+        ctx.rows, ctx.dtype = rows, dtype
         ctx.mark_non_differentiable(entropy)
         return logp, entropy
 
     @staticmethod
     def backward(ctx, grad_logp, _grad_entropy):  # noqa: ANN001
         hidden, weight, bias, ids, log_norm = ctx.saved_tensors
-        rows = ctx.rows
+        rows, dtype = ctx.rows, ctx.dtype
+        w, b = weight.to(dtype), None if bias is None else bias.to(dtype)
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros_like(weight) if need_w else None
-        grad_b = torch.zeros_like(bias) if need_b and bias is not None else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b and bias is not None else None
         for s in range(0, hidden.shape[0], rows):
-            h = hidden[s:s + rows]
+            h = hidden[s:s + rows].to(dtype)
             g = grad_logp[s:s + rows].float()
-            logits = torch.nn.functional.linear(h, weight, bias).float()
+            logits = torch.nn.functional.linear(h, w, b).float()
             grad_logits = torch.exp(logits - log_norm[s:s + rows].unsqueeze(-1)).mul_(-g.unsqueeze(-1))
             grad_logits.scatter_add_(-1, ids[s:s + rows].unsqueeze(-1), g.unsqueeze(-1))
             del logits
-            grad_logits = grad_logits.to(weight.dtype)
-            if grad_h is not None:
-                torch.mm(grad_logits, weight, out=grad_h[s:s + rows])
-            if grad_w is not None:
-                grad_w.addmm_(grad_logits.t(), h)
             if grad_b is not None:
                 grad_b += grad_logits.sum(0)
+            grad_logits = grad_logits.to(dtype)
+            if grad_h is not None:
+                if grad_h.dtype == dtype:
+                    torch.mm(grad_logits, w, out=grad_h[s:s + rows])
+                else:
+                    grad_h[s:s + rows] = torch.mm(grad_logits, w)
+            if grad_w is not None:
+                if dtype == torch.float32:
+                    grad_w.addmm_(grad_logits.t(), h)
+                else:  # a [vocab, H] product in the low dtype, summed in fp32
+                    grad_w += torch.mm(grad_logits.t(), h)
+        grad_w = None if grad_w is None else grad_w.to(weight.dtype)
+        grad_b = None if grad_b is None else grad_b.to(bias.dtype)
         return grad_h, grad_w, grad_b, None, None, None
 
 

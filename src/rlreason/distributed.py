@@ -114,6 +114,11 @@ class Parallel:
         """The model to run training forwards through, and the optimizer to step."""
         return model, optimizer
 
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Around a log-prob computation: the mixed-precision autocast the prepared model's forward runs
+        under, also for what follows that forward (the chunked output layer); a no-op without it."""
+        return contextlib.nullcontext()
+
     def prepare_reference(self, model: Any) -> Any:
         """The frozen reference model, computing as the policy does (cast, and under the same autocast)."""
         return model
@@ -193,6 +198,9 @@ class AccelerateParallel(Parallel):
         import torch
 
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(self.accelerator.mixed_precision))
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return self.accelerator.autocast()
 
     def prepare_reference(self, model: Any) -> Any:
         import functools

@@ -163,11 +163,11 @@ class Learner:
                 batch = self._token_batch(rows, chunk)
             lengths = [len(rows.completion_ids[i]) for i in chunk]
             if self.reference is not None:
-                with timer.phase("reference"):
+                with timer.phase("reference"), self.parallel.autocast():
                     ref_logp = self.reference.logprobs(batch)
                 ref.extend(ref_logp[j, :n].cpu() for j, n in enumerate(lengths))
-            if need_old:
-                with timer.phase("forward_backward"):
+            if need_old:  # under the update's autocast (accelerate patches the policy's own forward), so the first ratio is 1
+                with timer.phase("forward_backward"), self.parallel.autocast():
                     old_logp, _ = token_logprobs(self.policy, batch)
                 old.extend(old_logp[j, :n].cpu() for j, n in enumerate(lengths))
         rows.ref_logp = ref if self.reference is not None else None
@@ -198,7 +198,8 @@ class Learner:
                 sampled = (None if rows.sampler_logp is None
                            else _pad_rows([rows.sampler_logp[i] for i in chunk], width).to(self.device))
             with timer.phase("forward_backward"), self.parallel.backward_context(self.train_model, sync and k == n_micro - 1):
-                logp, entropy = token_logprobs(self.train_model, batch, with_entropy=True)
+                with self.parallel.autocast():
+                    logp, entropy = token_logprobs(self.train_model, batch, with_entropy=True)
                 weights = None
                 if sampled is not None:
                     behaviour = logp.detach() if old is None else old  # the policy the sampler should have matched
@@ -251,7 +252,8 @@ class Learner:
         eos = self.tokenizer.eos_token_id
         batch = make_batch([[eos]], [[eos]], self.tokenizer.pad_token_id, self.device)
         with timer.phase("forward_backward"), self.parallel.backward_context(self.train_model, sync):
-            logp, _ = token_logprobs(self.train_model, batch)
+            with self.parallel.autocast():
+                logp, _ = token_logprobs(self.train_model, batch)
             self.parallel.backward(logp.sum() * 0.0)
 
     def optimizer_step(self, timer: PhaseTimer, totals: StepTotals) -> None:
