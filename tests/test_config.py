@@ -142,6 +142,13 @@ def test_runs_are_named_by_their_arm_and_sft_runs_by_their_data():
         (["algorithm=sft", "filter=dynamic"], "filter=dynamic (dynamic sampling) needs an RL schedule, not algorithm.schedule=sft"),
         (["algorithm=grpo", "filter=dynamic"], "filter=dynamic (dynamic sampling) needs algorithm.schedule=preemptive or ppo"),
         (["algorithm=sft", "algorithm.ratio_level=sequence"], "algorithm.ratio_level='sequence' needs an RL schedule"),
+        # A part of the wrong kind fails here, not inside the first step.
+        (["algorithm.loss_agg=collections.OrderedDict"], "is not a subclass of rlreason.loss_agg.LossAggregation"),
+        (["algorithm.loss_agg=rlreason.loss_agg.LossAggregation"], "does not implement denominator, numerator"),
+        (["algorithm.advantage=collections.OrderedDict"], "algorithm.advantage='collections.OrderedDict' is not a function"),
+        (["algorithm.advantage=math.pi"], "is not a function"),
+        (["algorithm=dapo", "algorithm.overlong_buffer=64"],
+         "algorithm.overlong_buffer=64 must be below sampler.max_new_tokens=64 with algorithm.truncated=soft_penalty"),
     ],
 )
 def test_bad_parts_fail_at_start_up_in_one_line(overrides, fragment):

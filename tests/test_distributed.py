@@ -49,6 +49,14 @@ RUNS = [
      "eval.at_start=false", "eval.sampled=false", "eval.greedy=false"],
     ["algorithm=ppo_mini", "algorithm.loss_agg=seq_mean_token_sum_norm", "kl=off", "filter=on", "trainer.micro_batch_size=4",
      "eval.at_start=false", "eval.sampled=false", "eval.greedy=false"],
+    # SFT's token_mean: the step's reference tokens over both processes, not each process's own.
+    ["algorithm=sft", "algorithm.loss_agg=token_mean", "eval.at_start=false", "eval.sampled=false", "eval.greedy=false"],
+    # The authors' loss: micro-batches of 4 sampled rows are the same whole or split over 2 processes of 8 rows.
+    ["algorithm=dash", "algorithm.loss_agg=paper", "kl=off", "filter=on", "trainer.micro_batch_size=4",
+     "eval.at_start=false", "eval.sampled=false", "eval.greedy=false"],
+    # DAPO's dynamic sampling: fresh prompts from one global slice of the stream, refilled on every process.
+    ["algorithm=dash", "kl=off", "filter=dynamic", "trainer.micro_batch_size=4",
+     "eval.at_start=false", "eval.sampled=false", "eval.greedy=false"],
     # LoRA under DDP, KL on: only the adapters train and are all-reduced, the reference is the policy with its
     # adapters disabled (through the DDP wrapper).
     ["algorithm=dash", "kl=on", "filter=on", "trainer.micro_batch_size=4", "model.lora.rank=4",
@@ -89,6 +97,23 @@ def test_other_processes_write_nothing_into_the_run_folder(monkeypatch: pytest.M
     assert any(e.startswith("hydra.sweep.dir=") for e in extra)
     monkeypatch.delenv("WORLD_SIZE")
     assert hydra_overrides_for_rank([]) == []
+
+
+def test_a_late_token_count_under_deepspeed_fails_at_start_up(tmp_path: Path):
+    """GRPO's interleaved schedule learns the step's token count after its last backward, and
+    DeepSpeed steps inside that backward: token_mean could not be rescaled, so it is refused."""
+    from rlreason.trainer import Trainer
+
+    class DeepSpeedLike(Parallel):  # what AccelerateParallel reports under a DeepSpeed config
+        uses_deepspeed = True
+
+    cfg = compose("debug=true", "logger=none", "algorithm=grpo", "algorithm.loss_agg=token_mean")
+    with pytest.raises(ConfigError, match=r"algorithm.loss_agg=token_mean divides by the step's completion tokens.*"
+                                          r"algorithm.schedule=interleaved") as error:
+        Trainer(cfg, tmp_path / "a", parallel=DeepSpeedLike())
+    assert "\n" not in str(error.value)
+    for fine in (("algorithm=dash", "algorithm.loss_agg=token_mean"), ("algorithm=grpo",)):  # known in time
+        Trainer(compose("debug=true", "logger=none", *fine), tmp_path / fine[-1], parallel=DeepSpeedLike())
 
 
 def test_one_process_is_the_identity():

@@ -64,7 +64,7 @@ def _gradient(trainer: Trainer, rollout, micro_batch_size: int, filter_enabled: 
             rows = part.rows()
             learner.attach_logprobs(rows, PhaseTimer(), need_old=False)
             learner.accumulate_gradients(rows, used, PhaseTimer(), StepTotals())
-        learner.rescale_gradients(used, final)
+        learner.rescale_gradients(used, final, StepTotals())
     grads = [p.grad.flatten() for p in trainer.policy.parameters() if p.grad is not None]
     return torch.cat(grads) if grads else torch.zeros(0)
 
@@ -115,6 +115,64 @@ def test_the_aggregations_differ(trainer):
     for i in range(len(grads)):
         for j in range(i + 1, len(grads)):
             assert not torch.allclose(grads[i], grads[j], atol=1e-6, rtol=1e-3), (INVARIANT_AGGS[i], INVARIANT_AGGS[j])
+
+
+def test_paper_aggregation_is_the_authors_per_sampled_micro_batch_mean(trainer):
+    """Micro-batches of 8 sampled rows; the filter (threshold 0) empties half of the first one's rows
+    (its first group's rewards are all equal) and none of the second's. The authors' loss: each
+    micro-batch's token sum over (its kept rows x L), averaged over the 2 micro-batches, so the
+    thinned micro-batch's rows weigh 8/4 = 2x as much as the full one's: by hand, with Dr. GRPO's
+    token sum / (rows x L) over each micro-batch's kept rows alone."""
+    rollout = _rollout(trainer)
+    g = trainer.cfg.trainer.group_size
+    assert len(rollout.rewards) == 16 and g == 4
+    rollout.rewards[:g] = 1.0
+    from rlreason.advantages import grpo as group_advantages
+
+    rollout.advantages = group_advantages(rollout.rewards, g)
+    _use_aggregation(trainer, "paper")
+    paper = _gradient(trainer, rollout, 8, True, 0.0, 0.0)
+    assert rollout.keep[:8].sum() == 4 and rollout.keep[8:].sum() == 8
+    _use_aggregation(trainer, "seq_mean_token_sum_norm")
+    halves = []
+    for part in (list(range(0, 8)), list(range(8, 16))):
+        half = _part(rollout, part)
+        kept = int(half.keep.sum())
+        trainer.cfg.trainer.micro_batch_size = 8
+        learner = trainer.learner
+        learner.policy.zero_grad(set_to_none=True)
+        rows = half.rows()
+        learner.attach_logprobs(rows, PhaseTimer(), need_old=False)
+        learner.accumulate_gradients(rows, learner.shape(kept, None), PhaseTimer(), StepTotals())
+        halves.append(torch.cat([p.grad.flatten() for p in trainer.policy.parameters() if p.grad is not None]))
+    by_hand = (halves[0] + halves[1]) / 2
+    torch.testing.assert_close(paper, by_hand, rtol=1e-4, atol=1e-7)
+    # Not Dr. GRPO over the step's sampled rows: the thinned micro-batch takes the larger step.
+    dr_grpo = _gradient(trainer, rollout, 8, True, 0.0, 0.0)
+    assert not torch.allclose(paper, dr_grpo, atol=1e-6, rtol=1e-3)
+
+
+def test_a_late_denominator_rescales_the_logged_loss_too(trainer):
+    """GRPO's chunks with token_mean: the numerators are back-propagated and the gradient rescaled
+    once the step's tokens are known; the loss the step logs is rescaled with it."""
+    _use_aggregation(trainer, "token_mean")
+    rollout = _rollout(trainer)
+    learner = trainer.learner
+    trainer.cfg.trainer.micro_batch_size = 4
+    trainer.cfg.filter.enabled = False
+    rollout.keep = torch.ones(len(rollout.rewards), dtype=torch.bool)
+    whole = StepTotals()
+    rows = rollout.rows()
+    learner.attach_logprobs(rows, PhaseTimer(), need_old=False)
+    learner.accumulate_gradients(rows, learner.shape(len(rollout.rewards), rollout.completion_tokens), PhaseTimer(), whole)
+    late, used = StepTotals(), learner.shape(len(rollout.rewards), None)
+    for start in range(0, len(rollout.rewards), 8):
+        rows = _part(rollout, list(range(start, start + 8))).rows()
+        learner.attach_logprobs(rows, PhaseTimer(), need_old=False)
+        learner.accumulate_gradients(rows, used, PhaseTimer(), late)
+    learner.rescale_gradients(used, learner.shape(len(rollout.rewards), rollout.completion_tokens), late)
+    learner.policy.zero_grad(set_to_none=True)
+    assert whole.loss != 0 and late.loss == pytest.approx(whole.loss, rel=1e-5)
 
 
 def test_paper_aggregation_depends_on_the_split_as_documented(trainer):

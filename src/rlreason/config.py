@@ -21,7 +21,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rlreason.errors import ConfigError, ModelError
-from rlreason.registry import check_choice
+from rlreason.registry import resolve
 
 
 def _debug_resolver(normal: Any, debug_value: Any, *, _root_: DictConfig) -> Any:
@@ -308,6 +308,28 @@ def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def check_parts(a: Any) -> None:
+    """``algorithm.loss_agg`` and ``algorithm.advantage`` name a built-in, or import to a part of the
+    right kind, so a wrong one fails at start-up in one line rather than inside the first step."""
+    from rlreason.loss_agg import LossAggregation  # torch: not needed to compose a config
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    if a.loss_agg not in LOSS_AGGS:
+        cls = resolve(a.loss_agg, LOSS_AGGS, "algorithm.loss_agg")
+        need(isinstance(cls, type) and issubclass(cls, LossAggregation),
+             f"algorithm.loss_agg={a.loss_agg!r} is not a subclass of rlreason.loss_agg.LossAggregation")
+        missing = sorted(getattr(cls, "__abstractmethods__", ()))
+        need(not missing, f"algorithm.loss_agg={a.loss_agg!r} does not implement {', '.join(missing)} "
+             "(rlreason.loss_agg.LossAggregation)")
+    if a.advantage not in ADVANTAGES:
+        estimator = resolve(a.advantage, ADVANTAGES, "algorithm.advantage")
+        need(callable(estimator) and not isinstance(estimator, type),
+             f"algorithm.advantage={a.advantage!r} is not a function (rewards, group_size, eps) -> advantages")
+
+
 def validate(cfg: DictConfig, world_size: int = 1) -> None:
     """Checks that span several fields (and the process count under ``accelerate launch``).
     Raises ConfigError with one line naming the fields."""
@@ -366,13 +388,15 @@ def validate(cfg: DictConfig, world_size: int = 1) -> None:
     need(cfg.filter.threshold >= 0, f"filter.threshold={cfg.filter.threshold} must be >= 0")
     need(cfg.sampler.temperature > 0, f"sampler.temperature={cfg.sampler.temperature} must be > 0")
     need(cfg.sampler.max_new_tokens >= 1, f"sampler.max_new_tokens={cfg.sampler.max_new_tokens} must be >= 1")
-    check_choice(a.advantage, ADVANTAGES, "algorithm.advantage")
-    check_choice(a.loss_agg, LOSS_AGGS, "algorithm.loss_agg")
+    check_parts(a)
     for value, choices, name in ((a.ratio_level, RATIO_LEVELS, "ratio_level"), (a.truncated, TRUNCATED, "truncated"),
                                  (a.rollout_correction, ROLLOUT_CORRECTIONS, "rollout_correction")):
         need(value in choices, f"algorithm.{name}={value!r} must be one of {', '.join(choices)}")
     need(a.rollout_correction_cap > 0, f"algorithm.rollout_correction_cap={a.rollout_correction_cap} must be > 0")
     need(a.overlong_buffer >= 0, f"algorithm.overlong_buffer={a.overlong_buffer} must be >= 0")
+    need(a.truncated != "soft_penalty" or a.overlong_buffer < cfg.sampler.max_new_tokens,
+         f"algorithm.overlong_buffer={a.overlong_buffer} must be below sampler.max_new_tokens={cfg.sampler.max_new_tokens} "
+         "with algorithm.truncated=soft_penalty (the penalty starts overlong_buffer tokens before the limit)")
     need(cfg.filter.max_resample_rounds >= 0, f"filter.max_resample_rounds={cfg.filter.max_resample_rounds} must be >= 0")
     from rlreason.schedules import schedule_class  # torch and the learner: not needed to compose a config
 

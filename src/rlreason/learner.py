@@ -92,11 +92,15 @@ class UpdateRows:
     old_logp: list[torch.Tensor] | None = None
     ref_logp: list[torch.Tensor] | None = None
     sampler_logp: list[torch.Tensor] | None = None  # the sampler's own log-probs (rollout correction)
+    # Each row's place among the update's rows on this process as sampled, before the selector dropped
+    # any (for aggregations whose value depends on the micro-batch split); None: the rows are all sampled.
+    slots: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
 
-    def subset(self, rows: list[int]) -> "UpdateRows":
+    def subset(self, rows: list[int], slots: list[int] | None = None) -> "UpdateRows":
+        """These rows; ``slots``: their places in the update they now form (default: the ones they had)."""
         return UpdateRows(
             prompt_ids=[self.prompt_ids[i] for i in rows],
             completion_ids=[self.completion_ids[i] for i in rows],
@@ -104,6 +108,7 @@ class UpdateRows:
             old_logp=None if self.old_logp is None else [self.old_logp[i] for i in rows],
             ref_logp=None if self.ref_logp is None else [self.ref_logp[i] for i in rows],
             sampler_logp=None if self.sampler_logp is None else [self.sampler_logp[i] for i in rows],
+            slots=slots if slots is not None else (None if self.slots is None else [self.slots[i] for i in rows]),
         )
 
 
@@ -173,21 +178,31 @@ class Learner:
         rows.ref_logp = ref if self.reference is not None else None
         rows.old_logp = old if need_old else None
 
+    def micro_batches(self, rows: UpdateRows) -> list[list[int]]:
+        """The rows' micro-batches: by length (less padding) for an aggregation the split does not
+        change; for one it does (``sampled_micro_batches``), the sampled micro-batches, each holding
+        the rows of its own the selector kept (an emptied one is skipped, but still counted)."""
+        size = self.cfg.trainer.micro_batch_size
+        if self.loss_agg.sampled_micro_batches and rows.slots is not None:
+            split: dict[int, list[int]] = defaultdict(list)
+            for i, slot in enumerate(rows.slots):
+                split[slot // size].append(i)
+            return [split[k] for k in sorted(split)]
+        order = sorted(range(len(rows)), key=lambda i: len(rows.prompt_ids[i]) + len(rows.completion_ids[i]))
+        return list(chunks(order, size))
+
     def accumulate_gradients(
-        self, rows: UpdateRows, shape: UpdateShape | int, timer: PhaseTimer, totals: StepTotals, sync: bool = True
+        self, rows: UpdateRows, shape: UpdateShape, timer: PhaseTimer, totals: StepTotals, sync: bool = True
     ) -> None:
         """Backprop ``rows`` in micro-batches. ``shape`` (the update's global counts: rows sampled
         before filtering, their completion tokens) gives the aggregation's denominator, which makes
-        the gradient independent of the split and of what the filter dropped; an int is a row count.
+        the gradient independent of the split and of what the filter dropped.
         A denominator not known yet (None) back-propagates numerators: ``rescale_gradients`` follows.
         ``sync`` False: more rows follow before the optimizer step (GRPO's chunks), so processes do
         not exchange gradients yet."""
-        if isinstance(shape, int):
-            shape = self.shape(shape, sum(len(c) for c in rows.completion_ids))
         denominator = self.loss_agg.denominator(shape) or 1.0
-        order = sorted(range(len(rows)), key=lambda i: len(rows.prompt_ids[i]) + len(rows.completion_ids[i]))
         a, beta = self.cfg.algorithm, self.cfg.kl.beta if self.rl else 0.0
-        micro = list(chunks(order, self.cfg.trainer.micro_batch_size))
+        micro = self.micro_batches(rows)
         n_micro = self.parallel.micro_batches(len(micro), sync)
         for k, chunk in enumerate(micro):
             with timer.phase("forward_backward"):
@@ -221,12 +236,14 @@ class Learner:
         for k in range(len(micro), n_micro):  # another process has more rows: join its gradient exchange
             self.empty_backward(timer, sync and k == n_micro - 1)
 
-    def rescale_gradients(self, used: UpdateShape, final: UpdateShape) -> None:
+    def rescale_gradients(self, used: UpdateShape, final: UpdateShape, totals: StepTotals) -> None:
         """Where the aggregation's denominator was unknown while back-propagating (``used``), scale
-        the accumulated gradient by 1 / its value once known (``final``), before clipping."""
+        the accumulated gradient, and the loss it logs, by 1 / its value once known (``final``),
+        before clipping."""
         if self.loss_agg.denominator(used) is not None:
             return
         factor = 1.0 / float(self.loss_agg.denominator(final))
+        totals.loss *= factor
         for p in self.policy.parameters():
             if p.grad is not None:
                 p.grad.mul_(factor)
@@ -279,8 +296,10 @@ class Learner:
         if self.parallel.world_size == 1:
             return
         s = totals.stats
-        (totals.loss, totals.logp_sum, totals.entropy_sum, train_tokens, s.tokens, s.kl_sum, s.clipped_tokens) = (
+        (totals.loss, totals.logp_sum, totals.entropy_sum, train_tokens, s.tokens, s.kl_sum, s.clipped_tokens,
+         totals.logp_gap_sum, totals.logp_gap_tokens) = (
             self.parallel.sum([totals.loss, totals.logp_sum, totals.entropy_sum, totals.train_tokens, s.tokens, s.kl_sum,
-                               s.clipped_tokens])
+                               s.clipped_tokens, totals.logp_gap_sum, totals.logp_gap_tokens])
         )
         totals.train_tokens = int(train_tokens)
+        totals.logp_gap_max = max(self.parallel.gather(totals.logp_gap_max))

@@ -14,7 +14,9 @@ A class of your own with these two methods plugs in by import path.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -29,14 +31,23 @@ class UpdateShape:
     micro_batch_size: int  # trainer.micro_batch_size (rows per forward on one process)
 
 
-class LossAggregation:
-    """Interface: ``numerator`` of one micro-batch, ``denominator`` of the update (None: unknown yet)."""
+class LossAggregation(ABC):
+    """Interface: ``numerator`` of one micro-batch, ``denominator`` of the update (None: unknown yet).
 
+    ``sampled_micro_batches``: where the value depends on the split, True cuts the micro-batches
+    from the update's rows as sampled (consecutive ``micro_batch_size`` rows, before the selector
+    dropped any; each keeps the rows of its own that survived), as the authors' trainer does. False
+    (every split-invariant mode) lets the learner cut the kept rows as it likes (by length)."""
+
+    sampled_micro_batches: ClassVar[bool] = False
+
+    @abstractmethod
     def numerator(self, per_token: torch.Tensor, mask: torch.Tensor, shape: UpdateShape) -> torch.Tensor:
-        raise NotImplementedError
+        """The micro-batch's part of the loss before division (per_token, mask: [rows, tokens])."""
 
+    @abstractmethod
     def denominator(self, shape: UpdateShape) -> float | None:
-        raise NotImplementedError
+        """What the update's numerators are divided by; None while a count it needs is unknown."""
 
 
 class SeqMeanTokenMean(LossAggregation):
@@ -72,11 +83,13 @@ class SeqMeanTokenSumNorm(LossAggregation):
 
 
 class PaperLoss(LossAggregation):
-    """The authors' code (TRL's ``dr_grpo`` in their fork): per micro-batch, the token sum over
-    (rows in that micro-batch, i.e. kept by the filter, x max completion tokens), averaged over
-    the update's micro-batches (its sampled rows / micro-batch size, the gradient-accumulation
-    count). It depends on how kept rows fall into micro-batches, and a filtered batch takes a
-    larger step; the invariance tests exempt it."""
+    """The authors' code (TRL's ``dr_grpo`` in their fork): per micro-batch of sampled rows, the
+    token sum over (the rows the filter kept in that micro-batch x max completion tokens), averaged
+    over the update's micro-batches (its sampled rows / micro-batch size, the gradient-accumulation
+    count). A micro-batch the filter thinned takes a larger step, so the gradient depends on the
+    split; the invariance tests exempt it."""
+
+    sampled_micro_batches = True
 
     def numerator(self, per_token, mask, shape):
         rows = per_token.shape[0]

@@ -39,8 +39,3 @@ def resolve(value: str, builtins: dict[str, str], field: str) -> Any:
         f"{field}={value!r} is not one of {', '.join(builtins)} (or an import path package.module.Name)"
     )
 
-
-def check_choice(value: Any, builtins: Any, field: str) -> None:
-    """Start-up check of a part's value without importing a built-in (an import path is imported)."""
-    if str(value) not in builtins:
-        resolve(value, dict.fromkeys(builtins, ""), field)

@@ -44,6 +44,7 @@ class Rollout:
             completion_ids=[self.completions.completion_ids[i] for i in kept],
             advantages=self.advantages[kept],
             sampler_logp=None if logprobs is None else [torch.tensor(logprobs[i]) for i in kept],
+            slots=kept,
         )
 
     @property
@@ -86,7 +87,7 @@ class Rollouts:
     def wants_sampler_logprobs(self) -> bool:
         """Ask the sampler for its own log-probs: for the rollout correction, or when it returns them
         anyway (vLLM), so the trainer-sampler gap is logged."""
-        return self.cfg.algorithm.rollout_correction != "none" or bool(getattr(self.sampler, "returns_logprobs", False))
+        return self.cfg.algorithm.rollout_correction != "none" or self.sampler.returns_logprobs
 
     def sample_and_score(self, examples: list[Example], timer: PhaseTimer, generation_batch_size: int | None) -> Rollout:
         """Sample G completions per prompt and grade them (rewards, correctness, overlong handling);

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformers import GenerationConfig
@@ -43,6 +43,10 @@ class Completions:
 
 class Sampler(ABC):
     """Generates completions from the current policy."""
+
+    # True: the backend returns its own log-probs at no real cost (vLLM), so every training step asks
+    # for them and logs the sampler-trainer gap (rollout/logp_gap_*), where a weight-sync fault shows.
+    returns_logprobs: ClassVar[bool] = False
 
     @abstractmethod
     def generate(

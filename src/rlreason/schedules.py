@@ -62,6 +62,9 @@ class Schedule(ABC):
     # Reinforcement learning (samples and rewards), as opposed to supervised fine-tuning: the
     # reference model, the KL penalty and the RL-only config checks follow from it.
     rl: ClassVar[bool] = True
+    # Whether the update's completion-token count is known before its first backward; False (GRPO's
+    # interleaved sampling) makes an aggregation that needs it rescale the gradient afterwards.
+    tokens_known_before_backward: ClassVar[bool] = True
 
     def __init__(self, cfg: Any):
         self.cfg = cfg
@@ -113,9 +116,9 @@ class SFTSchedule(Schedule):
             completion_ids=[learner.encode(trainer.task.sft_target(e, source)) + [learner.tokenizer.eos_token_id] for e in examples],
             advantages=torch.ones(len(examples)),
         )
-        learner.accumulate_gradients(rows, self.rows_per_step, timer, totals)
-        learner.optimizer_step(timer, totals)
         length, count = parallel.sum([sum(len(c) for c in rows.completion_ids), len(rows)])
+        learner.accumulate_gradients(rows, learner.shape(self.rows_per_step, int(length)), timer, totals)
+        learner.optimizer_step(timer, totals)
         return {"completions/mean_length": length / count}
 
 
@@ -123,6 +126,8 @@ class InterleavedSchedule(Schedule):
     """Standard GRPO: sample a micro-batch's prompts, back-propagate them, next micro-batch; the
     weights change only at the step's end, so the step is on-policy, but every generation call is
     as small as a backprop micro-batch (the cost DASH removes)."""
+
+    tokens_known_before_backward = False
 
     @classmethod
     def check(cls, cfg: Any) -> None:
@@ -151,7 +156,7 @@ class InterleavedSchedule(Schedule):
             learner.attach_logprobs(rows, timer, need_old=False)
             learner.accumulate_gradients(rows, used, timer, totals, sync=i == len(parts) - 1)
         tokens = int(parallel.sum([float(sum(r.completion_tokens for r in done))])[0])
-        learner.rescale_gradients(used, learner.shape(self.rows_per_step, tokens))
+        learner.rescale_gradients(used, learner.shape(self.rows_per_step, tokens), totals)
         learner.optimizer_step(timer, totals)
         return rollouts.metrics(done, timer)
 
@@ -213,8 +218,10 @@ class PPOSchedule(PreemptiveSchedule):
         for _ in range(a.ppo_epochs):
             order = torch.randperm(self.rows_per_step, generator=generator).tolist()
             for mini_rows in chunks(order, mini):
-                kept = [kept_index[r - first] for r in mini_rows if r - first in kept_index]
-                local_tokens = sum(lengths[r - first] for r in mini_rows if 0 <= r - first < len(lengths))
-                tokens = int(parallel.sum([float(local_tokens)])[0])
-                learner.accumulate_gradients(all_rows.subset(kept), learner.shape(len(mini_rows), tokens), timer, totals)
+                mine = [r - first for r in mini_rows if 0 <= r - first < len(lengths)]  # this process's, as sampled
+                slots = [slot for slot, r in enumerate(mine) if r in kept_index]
+                kept = [kept_index[mine[slot]] for slot in slots]
+                tokens = int(parallel.sum([float(sum(lengths[r] for r in mine))])[0])
+                update = all_rows.subset(kept, slots=slots)
+                learner.accumulate_gradients(update, learner.shape(len(mini_rows), tokens), timer, totals)
                 learner.optimizer_step(timer, totals)

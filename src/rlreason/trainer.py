@@ -30,6 +30,7 @@ from rlreason.distributed import Parallel, get_parallel
 from rlreason.errors import ConfigError, TrainingDiverged
 from rlreason.evaluation import Evaluator
 from rlreason.learner import Learner, PhaseTimer, StepTotals, peak_memory_gb
+from rlreason.loss_agg import UpdateShape
 from rlreason.metrics import MetricsWriter, NullWriter
 from rlreason.modeling import (AdaptersOffReference, FrozenReference, Reference, export_merged, is_lora, load_policy,
                                load_reference, load_tokenizer, trainable_parameters)
@@ -73,6 +74,13 @@ class Trainer:
                            for name, task_cfg in cfg.eval.tasks.items()}
         advantage = resolve(cfg.algorithm.advantage, ADVANTAGES, "algorithm.advantage")
         loss_agg = resolve(cfg.algorithm.loss_agg, LOSS_AGGS, "algorithm.loss_agg")()
+        unknown_tokens = UpdateShape(rows=1, tokens=None, max_completion_tokens=1, micro_batch_size=1)
+        if (self.parallel.uses_deepspeed and not self.schedule.tokens_known_before_backward
+                and loss_agg.denominator(unknown_tokens) is None):
+            raise ConfigError(
+                f"algorithm.loss_agg={cfg.algorithm.loss_agg} divides by the step's completion tokens, which "
+                f"algorithm.schedule={cfg.algorithm.schedule} knows only after its last backward, and DeepSpeed steps "
+                "inside that backward, so the gradient cannot be rescaled: use DDP or algorithm.schedule=preemptive")
         # Process 0 builds a missing cached base model: transformers' save_pretrained writes nothing on other ranks.
         with self.parallel.main_process_first():
             self.policy, self.tokenizer, self.base_path = load_policy(cfg, self.task, tokenizer=hub_tokenizer)

@@ -156,6 +156,8 @@ def _empty_cuda_cache() -> None:
 class VLLMSampler(Sampler):
     """A vLLM engine that samples from the policy's latest pushed weights (see module doc)."""
 
+    returns_logprobs = True  # the sampled token's own log-prob comes with each sample
+
     def __init__(self, model: Any, tokenizer: Any, sampler_cfg: Any, model_path: str | None = None, seed: int = 0):
         vllm = import_vllm()
         from vllm.platforms import current_platform
