@@ -145,8 +145,8 @@ bench: $(STAMP) ## Time GRPO vs DASH vs TRL's GRPOTrainer, throughput curves, co
 	@$(PY) -c "import trl; assert trl.__version__ == '1.16.0'" 2>/dev/null || { $(PIP) install -q -c $(VENV)/constraints.txt -e '.[bench]' 2>&1 | $(QUIET_PIP); }
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
 
-gpu-check: $(STAMP) ## On a GPU machine (<5 min): Qwen2.5-0.5B-shaped grpo vs dash_nofilter, log-prob memory, LoRA step, vLLM push; one table. GPU_CHECK_ARGS=--cpu-smoke on a CPU.
-	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+gpu-check: $(STAMP) ## On a GPU machine (<5 min): Qwen2.5-0.5B-shaped grpo vs dash_nofilter, log-prob memory, LoRA step, vLLM push (in .venv-vllm: make install-vllm first); one table. GPU_CHECK_ARGS=--cpu-smoke on a CPU.
+	$(PY) benchmarks/gpu_check.py $(if $(wildcard $(VLLM_STAMP)),--vllm-python $(VLLM_PY)) $(GPU_CHECK_ARGS)
 
 clean: ## Remove run outputs (keeps .venv and the cached base models).
 	rm -rf outputs multirun wandb reports

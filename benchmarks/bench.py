@@ -788,7 +788,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke test: debug model, 3 steps, 1 repetition")
     parser.add_argument("--reps", type=int, default=None, help="repetitions of every arm (default 3; quick: 1)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per arm (default 20; quick: 3)")
-    parser.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (default 5)")
+    parser.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (default 5; 0: at the start and the end only)")
     parser.add_argument("--arms", default="grpo,dash_nofilter,dash,trl",
                         help="comma-separated arms out of grpo,dash_nofilter,dash,trl,trl_microgen")
     parser.add_argument("--no-curves", action="store_true", help="skip the throughput/memory curves")
@@ -830,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
     quick = args.quick
     reps = args.reps or (1 if quick else 3)
     steps = args.steps or (3 if quick else 20)
-    every = args.eval_every or (1 if quick else 5)
+    every = args.eval_every if args.eval_every is not None else (1 if quick else 5)  # 0: start and end only
     out = args.out or ROOT / "outputs" / "bench" / time.strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
     base = ["logger=none", "logger.progress=false", f"trainer.steps={steps}", f"eval.every={every}",

@@ -5,7 +5,9 @@
 2. the log-prob step's peak memory and time, full logits vs chunked (bench.py --logprobs);
    with the model's activations kept and with gradient checkpointing (what the Qwen2.5 configs run);
 3. one LoRA training step;
-4. where vLLM is installed: one vLLM sampling step, an optimizer step, the weight push and its check.
+4. where vLLM is installed: one vLLM sampling step, an optimizer step, the weight push and its check;
+   ``--vllm-python PATH`` runs this check with another interpreter (``make gpu-check`` passes
+   .venv-vllm's, where ``make install-vllm`` put vLLM, beside the main venv that runs the rest).
 
 ``--cpu-smoke`` shrinks the shape (1 layer, width 64, vocabulary 2048, short completions) so the
 whole check runs on a CPU in seconds: what the test suite runs. The numbers that count come from a
@@ -42,7 +44,7 @@ GPU = ["sampler.max_new_tokens=256"]
 
 def check_arms(overrides: list[str], steps: int, out: Path) -> dict[str, Any]:
     argv = ["--shape", SHAPE, "--arms", "grpo,dash_nofilter", "--reps", "1", "--steps", str(steps), "--eval-every", "0",
-            "--no-curves", "--out", str(out)] + [a for o in overrides for a in ("--set", o)]
+            "--no-curves", "--no-scoring", "--out", str(out)] + [a for o in overrides for a in ("--set", o)]
     if bench.main(argv) != 0:
         raise RuntimeError("bench.py --shape failed")
     with open(out / "arms.csv") as f:
@@ -76,7 +78,7 @@ def check_lora(overrides: list[str]) -> dict[str, Any]:
 
 def check_vllm(overrides: list[str]) -> dict[str, Any] | str:
     if importlib.util.find_spec("vllm") is None:
-        return "skipped: vllm is not installed (GPU: pip install vllm; CPU: make install-vllm)"
+        return "skipped: vllm is not installed here (make install-vllm, then make gpu-check runs this check in .venv-vllm)"
     from rlreason.batching import make_batch, token_logprobs
     from rlreason.vllm_sampler import VLLMSampler
 
@@ -104,6 +106,22 @@ def check_vllm(overrides: list[str]) -> dict[str, Any] | str:
         sampler.close()
 
 
+def check_vllm_with(python: str, smoke: bool, out: Path) -> dict[str, Any] | str:
+    """The vLLM check run by another interpreter (the venv vLLM is installed in), its row read back."""
+    import subprocess
+
+    argv = [python, str(Path(__file__).resolve()), "--only", "vllm", "--out", str(out)] + (["--cpu-smoke"] if smoke else [])
+    try:
+        done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"FAILED: {python}: {error}"
+    try:
+        return json.loads((out / "gpu_check.json").read_text())[0]["result"]
+    except (OSError, ValueError, IndexError, KeyError):
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        return f"FAILED: {python} exited {done.returncode}: {tail[0][:300]}"
+
+
 def table(results: list[tuple[str, Any, float]], device: str) -> str:
     lines = [f"## gpu-check on {device}", "", "| check | result | seconds |", "|---|---|---|"]
     for name, result, seconds in results:
@@ -122,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cpu-smoke", action="store_true", help="a shrunk shape that runs on a CPU in seconds (for tests)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default outputs/gpu-check/<time>)")
+    parser.add_argument("--vllm-python", default=None,
+                        help="run the vLLM check with this interpreter (a venv with vLLM; make gpu-check passes .venv-vllm's)")
+    parser.add_argument("--only", default=None, choices=["vllm"], help="run this check alone (what --vllm-python calls)")
     args = parser.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "disabled")
     smoke = args.cpu_smoke
@@ -139,8 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         ("log-prob step: full vs chunked, gradient checkpointing",
          lambda: check_logprobs([*overrides, "model.gradient_checkpointing=true"], 16 if smoke else 512)),
         ("LoRA step", lambda: check_lora(overrides)),
-        ("vLLM sample + push", lambda: check_vllm(overrides)),
+        ("vLLM sample + push", (lambda: check_vllm_with(args.vllm_python, smoke, out / "vllm")) if args.vllm_python
+         and not args.only else (lambda: check_vllm(overrides))),
     ]
+    if args.only == "vllm":
+        checks = checks[-1:]
     results: list[tuple[str, Any, float]] = []
     for name, run in checks:
         start = time.perf_counter()

@@ -31,6 +31,31 @@ def test_optional_checks_say_why_they_skip_and_the_table_has_one_row_per_check()
     assert "| a | x 1, y 2.5 | 1.0 |" in text and "| b | skipped: why | 0.0 |" in text
 
 
+def test_the_vllm_check_runs_in_another_interpreter_and_its_row_comes_back(tmp_path: Path):
+    """make gpu-check runs the vLLM check with .venv-vllm's python (vLLM lives only there); here the
+    main venv's python stands in for it: its row (skipped, or vLLM's numbers where vLLM is installed)
+    reaches the table."""
+    gpu_check = load_gpu_check()
+    result = gpu_check.check_vllm_with(sys.executable, True, tmp_path / "vllm")
+    if importlib.util.find_spec("vllm") is None:
+        assert result.startswith("skipped: vllm is not installed here"), result
+    else:
+        assert result["pushes"] >= 1, result
+    broken = gpu_check.check_vllm_with(str(tmp_path / "no-such-python"), True, tmp_path / "none")
+    assert broken.startswith("FAILED:")
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed here (make test-vllm)")
+def test_the_vllm_check_samples_pushes_and_checks_on_the_cpu_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("RLREASON_CACHE", str(tmp_path / "cache"))
+    gpu_check = load_gpu_check()
+    assert gpu_check.main(["--cpu-smoke", "--only", "vllm", "--out", str(tmp_path / "out")]) == 0
+    [row] = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert row["check"] == "vLLM sample + push" and row["result"]["pushes"] >= 1, row
+
+
 @pytest.mark.heavy
 def test_cpu_smoke_runs_every_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
     monkeypatch.setenv("RLREASON_CACHE", str(tmp_path / "cache"))

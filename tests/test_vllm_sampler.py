@@ -236,11 +236,13 @@ class TestVLLMSampler:
 @pytest.mark.skipif(not HAVE_VLLM, reason="vLLM is not installed here (make test-vllm installs it and runs these)")
 def test_training_with_sampler_vllm_syncs_after_every_optimizer_step(tmp_path):
     """The trainer, unchanged but for the backend: PPO mini-batches make several updates per sampled
-    batch, and each one is pushed before the next sampling (a missed push would raise)."""
+    batch, and each one is pushed before the next sampling (a missed push would raise). With no
+    rollout correction asked for, every step still logs the sampler-trainer gap (filter=off: the gap
+    is measured on the rows the trainer forwards), and it is float noise when the pushes are right."""
     from rlreason.metrics import read_metrics
     from rlreason.trainer import Trainer
 
-    cfg = compose("debug=true", *MODEL_OVERRIDES, "sampler=vllm", "algorithm=ppo_mini", "logger=none",
+    cfg = compose("debug=true", *MODEL_OVERRIDES, "sampler=vllm", "algorithm=ppo_mini", "filter=off", "logger=none",
                   "trainer.steps=3", "task.n_test_problems=16", "model.warm_start.steps=10",
                   "model.warm_start.batch_size=16", f"cache_dir={tmp_path / 'cache'}")
     trainer = Trainer(cfg, tmp_path / "run")
@@ -252,6 +254,8 @@ def test_training_with_sampler_vllm_syncs_after_every_optimizer_step(tmp_path):
     # pushed lazily: once per sampling phase that follows a sync (PPO's 2 updates per step push once)
     assert trainer.sampler.pushes <= 1 + 3 + 1 < trainer.sampler.syncs
     assert 0.0 <= summary["final/greedy_acc"] <= 1.0
+    gaps = [(row["rollout/logp_gap_mean"], row["rollout/logp_gap_max"]) for row in read_metrics(tmp_path / "run", "train")]
+    assert len(gaps) == 3 and all(0 <= mean <= top < LOGPROB_ATOL for mean, top in gaps), gaps
 
 
 @pytest.mark.vllm
