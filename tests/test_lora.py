@@ -38,6 +38,15 @@ def test_a_bad_target_name_is_one_line_listing_the_models_modules():
     assert all(name in message for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
 
 
+def test_adapters_on_the_output_layer_are_refused_in_one_line():
+    """The chunked log-probs multiply by the output layer's weight themselves: an adapter there would
+    neither shape the log-probs nor get a gradient, while the merged vLLM push would include it."""
+    with pytest.raises(ConfigError) as err:
+        apply_lora(tiny(), {**LORA, "target_modules": ["q_proj", "lm_head"]})
+    message = str(err.value)
+    assert "\n" not in message and "output layer ['lm_head']" in message and "lm_head," not in message
+
+
 def test_only_adapters_train_and_the_disabled_adapters_give_the_base_models_logprobs():
     base = tiny()
     frozen_copy = copy.deepcopy(base)
@@ -128,7 +137,9 @@ def test_a_bad_target_name_fails_at_start_up_listing_the_models_linear_layers(tm
 
     with pytest.raises(ConfigError) as err:
         Trainer(compose("debug=true", "logger=none", "model.lora.rank=4", "model.lora.target_modules=[q_proj,qkv]"), tmp_path)
-    assert "['qkv']" in str(err.value) and "gate_proj, k_proj, lm_head, o_proj" in str(err.value)
+    # every linear layer an adapter may go on (the output layer may not: see the test above)
+    assert "['qkv']" in str(err.value) and "gate_proj, k_proj, o_proj, q_proj" in str(err.value)
+    assert "lm_head" not in str(err.value)
 
 
 # ---------------------------------------------------------------- the trainer with LoRA

@@ -287,13 +287,23 @@ def apply_lora(model: Any, lora_cfg: Any) -> Any:
     if rank <= 0:
         return model
     targets = list(_lora_setting(lora_cfg, "target_modules", None) or [])
+    head = model.get_output_embeddings()
+    head_names = {name for name, module in model.named_modules() if module is head and name}
     leaf_names = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                         if isinstance(module, torch.nn.Linear)})
+                         if isinstance(module, torch.nn.Linear) and name not in head_names})
     full_names = [name for name, _ in model.named_modules() if name]
-    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in full_names)]
+
+    def names(target: str, among: Any) -> bool:
+        return any(n == target or n.endswith("." + target) for n in among)
+
+    missing = [t for t in targets if not names(t, full_names)]
     if not targets or missing:
         what = f"names no module of this model: {missing}" if missing else "is empty"
         raise ConfigError(f"model.lora.target_modules {what}; its linear layers are: {', '.join(leaf_names)}")
+    on_head = [t for t in targets if names(t, head_names)]
+    if on_head:  # the chunked log-probs read the output layer's weight directly (rlreason.batching)
+        raise ConfigError(f"model.lora.target_modules has the output layer {on_head}, whose adapters the chunked "
+                          f"log-probs would bypass (they would never train); its other linear layers are: {', '.join(leaf_names)}")
     from peft import LoraConfig, get_peft_model
 
     if any(getattr(m, "gradient_checkpointing", False) for m in model.modules()):
