@@ -342,7 +342,10 @@ def sample_rows(cfg, task, model, tokenizer, n_rows: int):
 
     sampler = build_sampler(cfg.sampler, model, tokenizer)
     g = cfg.trainer.group_size
-    out = sampler.generate([e.prompt for e in task.train_batch(0, max(1, n_rows // g))], n=g)
+    try:
+        out = sampler.generate([e.prompt for e in task.train_batch(0, max(1, n_rows // g))], n=g)
+    finally:
+        sampler.close()  # a vLLM engine holds its share of the GPU until closed
     return out.prompt_ids, out.completion_ids
 
 
@@ -355,12 +358,15 @@ def generation_curve(cfg, task, model, tokenizer, batch_sizes: list[int], reps: 
     total = max(batch_sizes)
     prompts = [e.prompt for e in task.train_batch(50_000, max(1, total // g))]
     results: dict[int, list[float]] = {b: [] for b in batch_sizes}
-    for rep in range(reps):
-        for b in batch_sizes[rep % 2 :: 1] + batch_sizes[: rep % 2]:
-            # at least `total` sequences per point, in calls of b (a small batch runs several calls)
-            start = time.perf_counter()
-            done = sampler.generate(prompts, n=g, batch_size=b)
-            results[b].append(done.num_completion_tokens / (time.perf_counter() - start))
+    try:
+        for rep in range(reps):
+            for b in batch_sizes[rep % 2 :: 1] + batch_sizes[: rep % 2]:
+                # at least `total` sequences per point, in calls of b (a small batch runs several calls)
+                start = time.perf_counter()
+                done = sampler.generate(prompts, n=g, batch_size=b)
+                results[b].append(done.num_completion_tokens / (time.perf_counter() - start))
+    finally:
+        sampler.close()
     return [{"generation_batch": b, "sampling_tok_s": median(v), "load_avg": load_average()} for b, v in results.items()]
 
 

@@ -96,6 +96,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(uninterrupted: Path, t
     assert comparable(read_metrics(run_dir)) == comparable(read_metrics(uninterrupted))
     final = load_trainer_state(latest_checkpoint(run_dir))
     assert (final["step"], final["data_position"]) == (STEPS, STEPS * PROMPTS_PER_STEP)
+    # The run's peak memory covers the steps before the kill too (kept in the checkpoint).
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["memory/peak_gb"] == max(r["memory/peak_gb"] for r in read_metrics(run_dir, "train"))
     assert final["scheduler"]["last_epoch"] == load_trainer_state(latest_checkpoint(uninterrupted))["scheduler"]["last_epoch"]
 
     # W&B: the same run id; the killed process never sent a step past its checkpoint (wandb-core

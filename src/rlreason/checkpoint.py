@@ -49,7 +49,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # Per device, as many as both the saving and this machine have (a resume may see fewer GPUs).
+        for index, device_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(device_state, index)
 
 
 def save_checkpoint(run_dir: Path, step: int, policy: Any, tokenizer: Any, trainer_state: dict[str, Any], keep: int) -> Path:

@@ -27,13 +27,18 @@ from rlreason.rl import LossStats, policy_loss
 log = logging.getLogger(__name__)
 
 
-def peak_memory_gb(device: torch.device | None) -> float:
-    """Peak memory since the last call: the CUDA allocator's peak on a GPU (then reset, so each step
-    reports its own), else the process's peak resident set size (Linux: ru_maxrss, in KiB)."""
+def reset_peak_memory(device: torch.device | None) -> None:
+    """Start a new peak: the CUDA allocator's (so a step's peak is its own, not model loading's or the last
+    evaluation's); a process's peak resident set size cannot be reset, so on a CPU it is the run's so far."""
     if device is not None and torch.device(device).type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / 1e9
         torch.cuda.reset_peak_memory_stats(device)
-        return peak
+
+
+def peak_memory_gb(device: torch.device | None) -> float:
+    """Peak memory since ``reset_peak_memory``: the CUDA allocator's peak on a GPU, else the process's peak
+    resident set size (Linux: ru_maxrss, in KiB)."""
+    if device is not None and torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9

@@ -333,30 +333,36 @@ def reference_via_disabled_adapters(policy: Any) -> Iterator[Any]:
         inner.train(was_training)
 
 
-@torch.no_grad()
-def merged_state_dict(model: Any) -> dict[str, torch.Tensor]:
-    """The policy's weights under the base model's own names (what ``from_pretrained`` and vLLM read): the
-    state dict itself, or for a LoRA policy each adapted weight with its adapters merged in
-    (W + scale * B @ A, computed aside: the policy's own weights are not touched) and no adapter tensors."""
+def merged_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    """The policy's weights under the base model's own names (what ``from_pretrained`` and vLLM read), one
+    at a time: the state dict itself, or for a LoRA policy each adapted weight with its adapters merged in
+    (W + scale * B @ A, computed aside when that weight comes: the policy's own weights are not touched, and a
+    vLLM push holds one merged layer at a time, not a second copy of every adapted weight) and no adapter tensors."""
     inner = unwrap_model(model)
     if not is_lora(inner):
-        return inner.state_dict()
+        yield from inner.state_dict().items()
+        return
     from peft.tuners.lora import LoraLayer
 
     base = inner.get_base_model()
-    deltas: dict[str, torch.Tensor] = {}
-    for name, module in base.named_modules():
-        if isinstance(module, LoraLayer) and not module.merged:
-            delta = sum(module.get_delta_weight(a) for a in module.active_adapters if a in module.lora_A)
-            if isinstance(delta, torch.Tensor):
-                deltas[f"{name}.weight"] = delta
-    out = {}
+    adapted = {f"{name}.weight": module for name, module in base.named_modules()
+               if isinstance(module, LoraLayer) and not module.merged}
     for key, tensor in base.state_dict().items():
         if "lora_" in key:
             continue
         key = key.replace(".base_layer.", ".")
-        out[key] = (tensor + deltas[key].to(tensor.dtype)) if key in deltas else tensor
-    return out
+        module = adapted.get(key)
+        if module is not None:
+            with torch.no_grad():
+                delta = sum(module.get_delta_weight(a) for a in module.active_adapters if a in module.lora_A)
+                if isinstance(delta, torch.Tensor):
+                    tensor = tensor + delta.to(tensor.dtype)
+        yield key, tensor
+
+
+def merged_state_dict(model: Any) -> dict[str, torch.Tensor]:
+    """``merged_weights`` as one dict (the merged export's ``save_pretrained`` takes a whole state dict)."""
+    return dict(merged_weights(model))
 
 
 def export_merged(model: Any, tokenizer: Any, target: Path) -> Path:

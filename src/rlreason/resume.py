@@ -62,6 +62,7 @@ def trainer_state(trainer: "Trainer") -> dict[str, Any]:
         "nonfinite_in_row": trainer.learner.nonfinite_in_row,
         "train_seconds": trainer.train_seconds,
         "phase_totals": dict(trainer.phase_totals),
+        "peak_memory_gb": trainer.peak_memory_gb,  # the summary's peak covers the steps before the resume too
         "wandb_run_id": trainer.writer.wandb_run_id,
     }
 
@@ -90,6 +91,7 @@ def restore(trainer: "Trainer", path: Path | None) -> str | None:
     trainer.step, trainer.data_position = state["step"], state["data_position"]
     trainer.learner.nonfinite_in_row, trainer.train_seconds = state["nonfinite_in_row"], state["train_seconds"]
     trainer.phase_totals.update(state["phase_totals"])
+    trainer.peak_memory_gb = state.get("peak_memory_gb", 0.0)  # absent from checkpoints written before it was kept
     if parallel.is_main:
         truncate_metrics(run_dir, trainer.step)
     for row in read_metrics(run_dir, kind="eval"):  # for the summary's base/ and final/ values

@@ -29,7 +29,7 @@ from rlreason.config import ADVANTAGES, LOSS_AGGS, resolve_model_path, validate,
 from rlreason.distributed import Parallel, get_parallel
 from rlreason.errors import ConfigError, TrainingDiverged
 from rlreason.evaluation import Evaluator
-from rlreason.learner import Learner, PhaseTimer, StepTotals, peak_memory_gb
+from rlreason.learner import Learner, PhaseTimer, StepTotals, peak_memory_gb, reset_peak_memory
 from rlreason.loss_agg import UpdateShape
 from rlreason.metrics import MetricsWriter, NullWriter
 from rlreason.modeling import (AdaptersOffReference, FrozenReference, Reference, export_merged, is_lora, load_policy,
@@ -200,6 +200,7 @@ class Trainer:
         """One step of the schedule, with its loss, optimizer and timing metrics."""
         timer, totals = PhaseTimer(self.device), StepTotals()
         self.learner.current_step = self.step + 1
+        reset_peak_memory(self.device)
         step_start = time.perf_counter()
         metrics = self.schedule.step(self, timer, totals)
         self.step += 1

@@ -7,7 +7,7 @@ is pushed from the policy:
 
 - ``sync_weights(policy)`` (the trainer calls it after every optimizer step) marks the engine's
   weights out of date; the next ``generate`` pushes once, so PPO's several updates per sampled
-  batch cost one push. A push streams the policy's weights (``modeling.merged_state_dict``: the
+  batch cost one push. A push streams the policy's weights (``modeling.merged_weights``, one at a time: the
   state dict, or for a LoRA policy its adapters merged into the base weights, under the base
   model's names) into the engine through the worker's
   ``reload_weights`` (vLLM's in-place reload: it maps checkpoint names onto vLLM's fused layers
@@ -51,7 +51,7 @@ import torch
 
 from rlreason.batching import unwrap_model
 from rlreason.errors import ConfigError
-from rlreason.modeling import merged_state_dict
+from rlreason.modeling import merged_weights
 from rlreason.sampling import Completions, Sampler
 
 log = logging.getLogger(__name__)
@@ -225,8 +225,9 @@ class VLLMSampler(Sampler):
             self.llm.wake_up(tags=["weights"])
             self.weights_awake = True
         with torch.no_grad():
-            # The base model's names; a LoRA policy's adapters merged into its weights (vLLM gets a plain model).
-            weights = [(name, tensor.detach()) for name, tensor in merged_state_dict(self.policy).items()]
+            # The base model's names; a LoRA policy's adapters merged into its weights (vLLM gets a plain model),
+            # one weight at a time.
+            weights = ((name, tensor.detach()) for name, tensor in merged_weights(self.policy))
             # The worker's in-place reload, run in this process: the tensors go by reference.
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()  # cached keys/values were computed with the old weights
@@ -345,6 +346,10 @@ class VLLMSampler(Sampler):
         except Exception as exc:  # best effort at teardown
             log.debug("vLLM shutdown: %s", exc)
         del llm
+        import gc
+
+        gc.collect()  # the engine's weights and KV cache go with its last reference ...
+        _empty_cuda_cache()  # ... and back to the device, so a later engine's memory check sees them free
 
     # ------------------------------------------------------------------ helpers
     def _check_cpu_head_size(self, model: Any) -> None:
