@@ -43,7 +43,7 @@ PAPER_NAME_OF_ARM = {
 # Debug runs shrunk further: one thread (fast on a shared machine), a tiny test split, short answers.
 TINY = [
     "debug=true", "threads=1", "logger=none", "logger.progress=false", "task.n_test_problems=4",
-    "task.max_completion_tokens=8", "checkpoint.save_final=false",
+    "task.max_completion_tokens=8", "algorithm.overlong_buffer=4", "checkpoint.save_final=false",
 ]
 
 
