@@ -40,10 +40,12 @@ def _use_aggregation(trainer: Trainer, name: str) -> None:
 
 
 def _gradient(trainer: Trainer, rollout, micro_batch_size: int, filter_enabled: bool, threshold: float, beta: float,
-              chunk_rows: int | None = None):
+              chunk_rows: int | None = None, totals: StepTotals | None = None):
     """The accumulated gradient of one update over ``rollout``, whose denominator counts every sampled
     row and token (as the schedules pass it). ``chunk_rows``: the rows arrive in chunks of this many,
-    with the token count unknown until the end (the interleaved schedule), then the rescale."""
+    with the token count unknown until the end (the interleaved schedule), then the rescale.
+    ``totals``: where the update's sums (its loss) go."""
+    totals = StepTotals() if totals is None else totals
     trainer.cfg.trainer.micro_batch_size = micro_batch_size
     trainer.cfg.filter.enabled, trainer.cfg.filter.threshold = filter_enabled, threshold
     trainer.cfg.kl.beta = beta
@@ -56,15 +58,15 @@ def _gradient(trainer: Trainer, rollout, micro_batch_size: int, filter_enabled: 
     if chunk_rows is None:
         rows = rollout.rows()
         learner.attach_logprobs(rows, PhaseTimer(), need_old=False)
-        learner.accumulate_gradients(rows, final, PhaseTimer(), StepTotals())
+        learner.accumulate_gradients(rows, final, PhaseTimer(), totals)
     else:
         used = learner.shape(len(rollout.rewards), None)
         for start in range(0, len(rollout.rewards), chunk_rows):
             part = _part(rollout, list(range(start, min(start + chunk_rows, len(rollout.rewards)))))
             rows = part.rows()
             learner.attach_logprobs(rows, PhaseTimer(), need_old=False)
-            learner.accumulate_gradients(rows, used, PhaseTimer(), StepTotals())
-        learner.rescale_gradients(used, final, StepTotals())
+            learner.accumulate_gradients(rows, used, PhaseTimer(), totals)
+        learner.rescale_gradients(used, final, totals)
     grads = [p.grad.flatten() for p in trainer.policy.parameters() if p.grad is not None]
     return torch.cat(grads) if grads else torch.zeros(0)
 
@@ -134,17 +136,9 @@ def test_paper_aggregation_is_the_authors_per_sampled_micro_batch_mean(trainer):
     paper = _gradient(trainer, rollout, 8, True, 0.0, 0.0)
     assert rollout.keep[:8].sum() == 4 and rollout.keep[8:].sum() == 8
     _use_aggregation(trainer, "seq_mean_token_sum_norm")
-    halves = []
-    for part in (list(range(0, 8)), list(range(8, 16))):
-        half = _part(rollout, part)
-        kept = int(half.keep.sum())
-        trainer.cfg.trainer.micro_batch_size = 8
-        learner = trainer.learner
-        learner.policy.zero_grad(set_to_none=True)
-        rows = half.rows()
-        learner.attach_logprobs(rows, PhaseTimer(), need_old=False)
-        learner.accumulate_gradients(rows, learner.shape(kept, None), PhaseTimer(), StepTotals())
-        halves.append(torch.cat([p.grad.flatten() for p in trainer.policy.parameters() if p.grad is not None]))
+    # Dr. GRPO over one micro-batch's 8 sampled rows, rescaled to its kept rows' count.
+    halves = [8 / int(rollout.keep[part].sum()) * _gradient(trainer, _part(rollout, part), 8, True, 0.0, 0.0)
+              for part in (list(range(0, 8)), list(range(8, 16)))]
     by_hand = (halves[0] + halves[1]) / 2
     torch.testing.assert_close(paper, by_hand, rtol=1e-4, atol=1e-7)
     # Not Dr. GRPO over the step's sampled rows: the thinned micro-batch takes the larger step.
@@ -157,21 +151,9 @@ def test_a_late_denominator_rescales_the_logged_loss_too(trainer):
     once the step's tokens are known; the loss the step logs is rescaled with it."""
     _use_aggregation(trainer, "token_mean")
     rollout = _rollout(trainer)
-    learner = trainer.learner
-    trainer.cfg.trainer.micro_batch_size = 4
-    trainer.cfg.filter.enabled = False
-    rollout.keep = torch.ones(len(rollout.rewards), dtype=torch.bool)
-    whole = StepTotals()
-    rows = rollout.rows()
-    learner.attach_logprobs(rows, PhaseTimer(), need_old=False)
-    learner.accumulate_gradients(rows, learner.shape(len(rollout.rewards), rollout.completion_tokens), PhaseTimer(), whole)
-    late, used = StepTotals(), learner.shape(len(rollout.rewards), None)
-    for start in range(0, len(rollout.rewards), 8):
-        rows = _part(rollout, list(range(start, start + 8))).rows()
-        learner.attach_logprobs(rows, PhaseTimer(), need_old=False)
-        learner.accumulate_gradients(rows, used, PhaseTimer(), late)
-    learner.rescale_gradients(used, learner.shape(len(rollout.rewards), rollout.completion_tokens), late)
-    learner.policy.zero_grad(set_to_none=True)
+    whole, late = StepTotals(), StepTotals()
+    _gradient(trainer, rollout, 4, False, 0.0, 0.0, totals=whole)
+    _gradient(trainer, rollout, 4, False, 0.0, 0.0, chunk_rows=8, totals=late)
     assert whole.loss != 0 and late.loss == pytest.approx(whole.loss, rel=1e-5)
 
 

@@ -21,7 +21,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rlreason.errors import ConfigError, ModelError
-from rlreason.registry import resolve
+from rlreason.registry import check_subclass, resolve
 
 
 def _debug_resolver(normal: Any, debug_value: Any, *, _root_: DictConfig) -> Any:
@@ -313,21 +313,12 @@ def check_parts(a: Any) -> None:
     right kind, so a wrong one fails at start-up in one line rather than inside the first step."""
     from rlreason.loss_agg import LossAggregation  # torch: not needed to compose a config
 
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise ConfigError(message)
-
     if a.loss_agg not in LOSS_AGGS:
-        cls = resolve(a.loss_agg, LOSS_AGGS, "algorithm.loss_agg")
-        need(isinstance(cls, type) and issubclass(cls, LossAggregation),
-             f"algorithm.loss_agg={a.loss_agg!r} is not a subclass of rlreason.loss_agg.LossAggregation")
-        missing = sorted(getattr(cls, "__abstractmethods__", ()))
-        need(not missing, f"algorithm.loss_agg={a.loss_agg!r} does not implement {', '.join(missing)} "
-             "(rlreason.loss_agg.LossAggregation)")
+        check_subclass(resolve(a.loss_agg, LOSS_AGGS, "algorithm.loss_agg"), LossAggregation, "algorithm.loss_agg", a.loss_agg)
     if a.advantage not in ADVANTAGES:
         estimator = resolve(a.advantage, ADVANTAGES, "algorithm.advantage")
-        need(callable(estimator) and not isinstance(estimator, type),
-             f"algorithm.advantage={a.advantage!r} is not a function (rewards, group_size, eps) -> advantages")
+        if not callable(estimator) or isinstance(estimator, type):
+            raise ConfigError(f"algorithm.advantage={a.advantage!r} is not a function (rewards, group_size, eps) -> advantages")
 
 
 def validate(cfg: DictConfig, world_size: int = 1) -> None:

@@ -39,3 +39,14 @@ def resolve(value: str, builtins: dict[str, str], field: str) -> Any:
         f"{field}={value!r} is not one of {', '.join(builtins)} (or an import path package.module.Name)"
     )
 
+
+def check_subclass(cls: Any, base: type, field: str, value: Any) -> type:
+    """``cls``, what ``field=value`` named, if it subclasses ``base`` and implements its abstract methods;
+    else one line naming the field and the interface."""
+    interface = f"{base.__module__}.{base.__name__}"
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigError(f"{field}={value!r} is not a subclass of {interface}")
+    missing = sorted(getattr(cls, "__abstractmethods__", ()))
+    if missing:
+        raise ConfigError(f"{field}={value!r} does not implement {', '.join(missing)} ({interface})")
+    return cls

@@ -26,7 +26,7 @@ import torch
 
 from rlreason.errors import ConfigError
 from rlreason.learner import PhaseTimer, StepTotals, UpdateRows, chunks
-from rlreason.registry import resolve
+from rlreason.registry import check_subclass, resolve
 
 if TYPE_CHECKING:  # the trainer imports this module
     from rlreason.trainer import Trainer
@@ -42,13 +42,7 @@ SCHEDULES = {
 
 def schedule_class(value: str) -> type["Schedule"]:
     """The Schedule class ``algorithm.schedule`` names; one line if it is none."""
-    cls = resolve(value, SCHEDULES, "algorithm.schedule")
-    if not (isinstance(cls, type) and issubclass(cls, Schedule)):
-        raise ConfigError(f"algorithm.schedule={value!r} is not a subclass of rlreason.schedules.Schedule")
-    missing = sorted(getattr(cls, "__abstractmethods__", ()))
-    if missing:
-        raise ConfigError(f"algorithm.schedule={value!r} does not implement {', '.join(missing)} (rlreason.schedules.Schedule)")
-    return cls
+    return check_subclass(resolve(value, SCHEDULES, "algorithm.schedule"), Schedule, "algorithm.schedule", value)
 
 
 def _need(ok: bool, message: str) -> None:
